@@ -1,0 +1,3 @@
+"""prism-backends: the control plane for confidential virtual machines."""
+
+__version__ = "0.1.0"

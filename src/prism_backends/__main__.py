@@ -1,0 +1,3 @@
+from prism_backends.cli.main import app
+
+app()

@@ -1,0 +1,142 @@
+"""Issuing and verifying bearer tokens.
+
+Accepted claims: ``sub``; either ``domain`` with ``role``, or ``domains``, a
+map of domain id to role. ``exp`` is required. Algorithms are pinned by
+configuration: whatever a token's header says is never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from prism_backends.auth.keys import public_jwk
+from prism_backends.auth.permissions import Role
+from prism_backends.auth.principal import Principal
+from prism_backends.errors import Unauthenticated
+
+
+def issue_token(
+    key: Ed25519PrivateKey,
+    *,
+    issuer: str,
+    domain_id: str,
+    role: Role,
+    subject: str,
+    ttl: timedelta,
+    audience: str | None = None,
+) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(ttl.total_seconds()),
+        "jti": str(uuid.uuid4()),
+        "domain": domain_id,
+        "role": role.value,
+    }
+    if audience:
+        claims["aud"] = audience
+    kid = public_jwk(key.public_key())["kid"]
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
+
+
+class TokenVerifier:
+    """Checks signature, expiry, issuer and audience; builds the Principal."""
+
+    def __init__(
+        self,
+        *,
+        algorithms: Sequence[str],
+        issuer: str | None,
+        audience: str | None,
+        local_keys: Sequence[Any] = (),
+        jwks: Mapping[str, Any] | None = None,
+        jwks_url: str | None = None,
+    ) -> None:
+        if not algorithms or any(alg.lower() == "none" for alg in algorithms):
+            raise ValueError("at least one signature algorithm must be pinned, and never 'none'")
+        self._algorithms = list(algorithms)
+        self._issuer = issuer
+        self._audience = audience
+        self._keys: dict[str | None, Any] = {}
+        for key in local_keys:
+            self._keys[public_jwk(key)["kid"]] = key
+        if jwks is not None:
+            for jwk in jwks.get("keys", []):
+                parsed = jwt.PyJWK(jwk)
+                self._keys[parsed.key_id] = parsed.key
+        self._jwks_client = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+
+    def verify(self, token: str) -> Principal:
+        key = self._signing_key(token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                issuer=self._issuer,
+                audience=self._audience,
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+                leeway=30,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("the token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the token is not valid: {exc}") from exc
+        return _principal_from(claims)
+
+    def _signing_key(self, token: str) -> Any:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("the token is not a well-formed JWT") from exc
+        if (
+            str(header.get("alg", "")).lower() == "none"
+            or header.get("alg") not in self._algorithms
+        ):
+            raise Unauthenticated("the token's signature algorithm is not accepted")
+        kid = header.get("kid")
+        if kid in self._keys:
+            return self._keys[kid]
+        if self._jwks_client is not None:
+            try:
+                return self._jwks_client.get_signing_key_from_jwt(token).key
+            except jwt.PyJWTError as exc:
+                raise Unauthenticated("the token was not signed by a trusted key") from exc
+        if kid is None and len(self._keys) == 1:
+            return next(iter(self._keys.values()))
+        raise Unauthenticated("the token was not signed by a trusted key")
+
+
+def _principal_from(claims: Mapping[str, Any]) -> Principal:
+    roles: dict[str, Role] = {}
+    grants = claims.get("domains")
+    if isinstance(grants, dict):
+        for domain_id, role in grants.items():
+            if isinstance(domain_id, str) and role in Role.__members__.values():
+                roles[domain_id] = Role(role)
+    domain_id, role = claims.get("domain"), claims.get("role")
+    if isinstance(domain_id, str) and isinstance(role, str) and role in Role.__members__.values():
+        roles[domain_id] = Role(role)
+    subject = claims.get("sub")
+    if not isinstance(subject, str):
+        raise Unauthenticated("the token's 'sub' claim must be a string")
+    return Principal(subject=subject, roles_by_domain=roles)
+
+
+def load_jwks_file(path: Path) -> dict[str, Any]:
+    document = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError(f"{path} is not a JWKS document (an object with a 'keys' list)")
+    return document

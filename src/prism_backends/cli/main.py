@@ -1,0 +1,240 @@
+"""The ``prism-backends`` command."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated
+
+import typer
+import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
+
+from prism_backends.auth.keys import load_or_create_issuer_key
+from prism_backends.auth.permissions import Role
+from prism_backends.auth.tokens import issue_token
+from prism_backends.cli.options import (
+    ConfigOpt,
+    DatabaseUrlOpt,
+    DataDirOpt,
+    LogLevelOpt,
+    parse_duration,
+    settings_from,
+    setup_logging,
+)
+from prism_backends.config import Settings
+from prism_backends.db import migrate as migrations
+from prism_backends.http.app import create_app
+from prism_backends.lifecycle.worker import LifecycleWorkers
+from prism_backends.runtime import Runtime
+from prism_backends.vocabulary import DOMAIN_ID_PATTERN
+
+log = logging.getLogger("prism_backends")
+
+app = typer.Typer(
+    name="prism-backends",
+    help="Control plane for confidential VMs (AMD SEV-SNP, Intel TDX).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+token_app = typer.Typer(help="Bearer tokens from the embedded issuer.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+HostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        help="Listen address [env: PRISM_BACKENDS_HOST; default: 127.0.0.1].",
+        show_default=False,
+    ),
+]
+PortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--port", help="HTTP port [env: PRISM_BACKENDS_PORT; default: 9011].", show_default=False
+    ),
+]
+
+
+def _runtime(settings: Settings) -> Runtime:
+    setup_logging(settings.log_level)
+    return Runtime(settings)
+
+
+def _migrate_or_exit(runtime: Runtime) -> None:
+    try:
+        migrations.upgrade(runtime.engine)
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: cannot migrate the store: {exc.__class__.__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _require_current_schema(runtime: Runtime) -> None:
+    try:
+        current = migrations.is_current(runtime.engine)
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: cannot reach the store: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not current:
+        typer.echo(
+            "error: the store's schema is not current; run 'prism-backends migrate'", err=True
+        )
+        raise typer.Exit(1)
+
+
+def _serve_http(runtime: Runtime) -> None:
+    settings = runtime.settings
+    config = uvicorn.Config(
+        create_app(runtime),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+    )
+    log.info("HTTP API on http://%s:%d%s", settings.host, settings.port, settings.base_path)
+    uvicorn.Server(config).run()
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run everything in one process: migrate the store, then the HTTP API and the workers."""
+    settings = settings_from(
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        log_level=log_level,
+    )
+    runtime = _runtime(settings)
+    _migrate_or_exit(runtime)
+    workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog)
+    workers.start()
+    try:
+        _serve_http(runtime)
+    finally:
+        workers.stop()
+        runtime.close()
+
+
+@app.command()
+def api(
+    config: ConfigOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run only the HTTP API (run any number, on PostgreSQL, beside 'worker')."""
+    settings = settings_from(
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        log_level=log_level,
+    )
+    runtime = _runtime(settings)
+    _require_current_schema(runtime)
+    try:
+        _serve_http(runtime)
+    finally:
+        runtime.close()
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    log_level: LogLevelOpt = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            max=256,
+            show_default=False,
+            help="CVMs handled at once [env: PRISM_BACKENDS_WORKER_CONCURRENCY; default: 4].",
+        ),
+    ] = None,
+) -> None:
+    """Run only the lifecycle workers (run any number, on PostgreSQL)."""
+    settings = settings_from(
+        config,
+        data_dir=data_dir,
+        database_url=database_url,
+        log_level=log_level,
+        worker_concurrency=concurrency,
+    )
+    runtime = _runtime(settings)
+    _require_current_schema(runtime)
+    workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog)
+    stopping = threading.Event()
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    workers.start()
+    while not stopping.wait(1.0):
+        pass
+    log.info("stopping lifecycle workers")
+    workers.stop()
+    runtime.close()
+
+
+@app.command()
+def migrate(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Apply the database migrations to the configured store."""
+    settings = settings_from(config, data_dir=data_dir, database_url=database_url)
+    runtime = _runtime(settings)
+    _migrate_or_exit(runtime)
+    typer.echo(f"store is at schema {migrations.current_revision(runtime.engine)}", err=True)
+    runtime.close()
+
+
+@token_app.command("issue")
+def token_issue(
+    domain: Annotated[
+        str, typer.Option("--domain", help="Domain (workspace) id the token is for.")
+    ],
+    role: Annotated[
+        Role, typer.Option("--role", help="admin: read, create, delete; member: read.")
+    ] = Role.ADMIN,
+    user: Annotated[str, typer.Option("--user", help="The token's subject.")] = "admin",
+    ttl: Annotated[str, typer.Option("--ttl", help="Lifetime: 90s, 30m, 24h, 7d.")] = "24h",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Print one bearer token from the embedded issuer (key in the data directory)."""
+    if not DOMAIN_ID_PATTERN.fullmatch(domain):
+        raise typer.BadParameter("1-64 characters of A-Z a-z 0-9 . _ -", param_hint="--domain")
+    settings = settings_from(config, data_dir=data_dir)
+    key = load_or_create_issuer_key(settings.data_dir)
+    typer.echo(
+        issue_token(
+            key,
+            issuer=settings.jwt_issuer,
+            domain_id=domain,
+            role=role,
+            subject=user,
+            ttl=parse_duration(ttl),
+            audience=settings.jwt_audience,
+        )
+    )

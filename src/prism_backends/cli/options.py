@@ -1,0 +1,82 @@
+"""Options shared by the commands, and turning them into settings."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from prism_backends.config import Settings, load_settings
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="PRISM_BACKENDS_CONFIG",
+        help="TOML config file (keys as the PRISM_BACKENDS_* variables, lower-case, unprefixed).",
+        show_default=False,
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Data directory for the SQLite store and keys "
+        "[env: PRISM_BACKENDS_DATA_DIR; default: ./.prism-backends].",
+        show_default=False,
+    ),
+]
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="postgresql+psycopg://user@host/db to use PostgreSQL "
+        "[env: PRISM_BACKENDS_DATABASE_URL; default: SQLite in the data directory].",
+        show_default=False,
+    ),
+]
+LogLevelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-level",
+        help="debug, info, warning or error [env: PRISM_BACKENDS_LOG_LEVEL; default: info].",
+        show_default=False,
+    ),
+]
+
+
+def settings_from(config: Path | None, **flags: Any) -> Settings:
+    """Settings from flags, environment and config file, or a clean exit on bad values."""
+    if config is not None and not config.is_file():
+        raise typer.BadParameter(f"{config} is not a file", param_hint="--config")
+    try:
+        return load_settings(config, **flags)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise typer.BadParameter(problems) from None
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(raw: str) -> timedelta:
+    """``90s``, ``30m``, ``24h``, ``7d``."""
+    match = _DURATION.fullmatch(raw.strip())
+    if not match or int(match.group(1)) == 0:
+        raise typer.BadParameter(f"{raw!r}: use a positive number with s, m, h or d (e.g. 24h)")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})

@@ -1,0 +1,127 @@
+"""Settings: command-line flags, then ``PRISM_BACKENDS_*`` environment, then a
+TOML config file, then defaults (in that order of precedence)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "PRISM_BACKENDS_"
+DEFAULT_DATA_DIR = Path(".prism-backends")
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. Each field's description is its help text."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR,
+        description="Directory for the embedded SQLite database and the signing keys.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the store, e.g. postgresql+psycopg://host/db. "
+        "Default: SQLite at DATA_DIR/prism-backends.db.",
+    )
+    host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    port: int = Field(9011, ge=1, le=65535, description="Port of the HTTP API.")
+    base_path: str = Field("/backends", description="Path prefix every route is served under.")
+    providers_dir: Path | None = Field(
+        None,
+        description="Directory of provider TOML files, one per provider. "
+        "Default: DATA_DIR/providers if it exists; otherwise only 'external' is enabled.",
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
+
+    # Authentication.
+    jwt_algorithms: list[str] = Field(
+        default_factory=lambda: ["EdDSA"],
+        description="Token signature algorithms accepted (pinned; the token header is ignored).",
+    )
+    jwks_file: Path | None = Field(None, description="Trust an external issuer's JWKS file.")
+    jwks_url: str | None = Field(None, description="Trust an external issuer's JWKS URL.")
+    jwt_issuer: str = Field(
+        "prism-backends", description="Expected 'iss' of tokens (and the embedded issuer's)."
+    )
+    jwt_audience: str | None = Field(None, description="Expected 'aud' of tokens, if any.")
+    embedded_issuer: bool = Field(
+        True, description="Trust tokens signed by the key in DATA_DIR (token issue)."
+    )
+
+    # Lifecycle workers.
+    worker_concurrency: int = Field(4, ge=1, le=256, description="CVMs one worker handles at once.")
+    lease_seconds: float = Field(
+        60.0, gt=0, description="How long a worker owns a CVM before others may take it over."
+    )
+    poll_seconds: float = Field(1.0, gt=0, description="Idle wait between looks for work.")
+    retry_base_seconds: float = Field(2.0, gt=0, description="First retry delay after a failure.")
+    retry_max_seconds: float = Field(300.0, gt=0, description="Cap of the retry delay.")
+    retry_give_up_seconds: float = Field(
+        86400.0, gt=0, description="Retryable failures past this age mark the CVM failed."
+    )
+
+    # Statistics.
+    stats_retention_days: int = Field(90, ge=1, description="Days of uptime samples kept.")
+    stats_interval_seconds: float = Field(300.0, gt=0, description="Uptime sampling interval.")
+
+    config_file: ClassVar[Path | None] = None
+
+    @field_validator("base_path")
+    @classmethod
+    def _normalise_base_path(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        return "" if value == "/" else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
+        return tuple(sources)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'prism-backends.db').resolve()}"
+
+    @property
+    def effective_providers_dir(self) -> Path | None:
+        if self.providers_dir is not None:
+            return self.providers_dir
+        default = self.data_dir / "providers"
+        return default if default.is_dir() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings; ``overrides`` are flags (None means 'not given')."""
+    path = config_file or _env_config_file()
+
+    class _Configured(Settings):
+        pass
+
+    _Configured.config_file = path
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return _Configured(**given)
+
+
+def _env_config_file() -> Path | None:
+    raw = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    return Path(raw) if raw else None

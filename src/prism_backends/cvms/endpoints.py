@@ -1,0 +1,249 @@
+"""The six CVM routes. Each parses, opens the transaction, calls one service
+function with the principal and the session, and returns a schema."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from prism_backends.cvms import service
+from prism_backends.cvms.schemas import (
+    AttestationPolicyOut,
+    CreateCVMRequest,
+    CVMOut,
+    CVMPage,
+    ErrorOut,
+    StatSample,
+    StatsOut,
+    rfc3339,
+)
+from prism_backends.db.engine import unit_of_work
+from prism_backends.errors import UnsupportedMediaType
+from prism_backends.http.deps import PrincipalDep, RuntimeDep, read_body
+
+router = APIRouter(tags=["cvms"])
+
+DomainPath = Annotated[str, Path(description="The domain (workspace) id.")]
+DomainQuery = Annotated[
+    str | None,
+    Query(alias="domainID", description="Optional; must equal the path's domain id."),
+]
+CVMPath = Annotated[str, Path(description="The CVM's id (this service's).")]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Bad input; the message names the field.",
+        401: "Missing, malformed, expired or wrongly signed token.",
+        403: "The token grants no such right in this domain.",
+        404: "No such CVM in this domain.",
+        409: "Conflict; the message says why.",
+        415: "The body is not application/json.",
+        503: "The store is unavailable.",
+    }
+    return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
+
+
+_COMMON = (400, 401, 403, 503)
+
+
+@router.post(
+    "/{domainID}/cvms/{provider}/{vcpu}/{cc_platform}",
+    status_code=201,
+    response_model=CVMOut,
+    summary="Create a CVM",
+    responses={
+        200: {"model": CVMOut, "description": "Idempotency-Key replay: the CVM created before."},
+        201: {"description": "Recorded; provisioning goes on in the background."},
+        **_errors(*_COMMON, 409, 415),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": CreateCVMRequest.model_json_schema()}},
+        }
+    },
+)
+def create_cvm(
+    request: Request,
+    body: Annotated[bytes, Depends(read_body)],
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    provider: Annotated[str, Path(description="azure, gcp, aws, external or ultraviolet.")],
+    vcpu: Annotated[str, Path(description="A vCPU count the provider offers.")],
+    cc_platform: Annotated[str, Path(description="sev-snp or tdx (aliases accepted).")],
+    domain_query: DomainQuery = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    service.check_domain(domain_id, domain_query)
+    _require_json(request)
+    with unit_of_work(runtime.sessions) as session:
+        outcome = service.create_cvm(
+            principal,
+            session,
+            catalog=runtime.catalog,
+            prices=runtime.prices,
+            domain_id=domain_id,
+            provider_name=provider,
+            vcpu=vcpu,
+            cc_platform=cc_platform,
+            body=body,
+            idempotency_key=idempotency_key,
+        )
+    location = f"{runtime.settings.base_path}/{domain_id}/cvms/{outcome.cvm.id}"
+    return JSONResponse(
+        CVMOut.of(outcome.cvm).model_dump(),
+        status_code=201 if outcome.created else 200,
+        headers={"Location": location},
+    )
+
+
+def _require_json(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {media_type or 'none'!r}"
+        )
+
+
+@router.get(
+    "/{domainID}/cvms",
+    response_model=CVMPage,
+    summary="List CVMs",
+    responses=_errors(*_COMMON),
+)
+def list_cvms(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    domain_query: DomainQuery = None,
+    limit: Annotated[str | None, Query(description="1-100, default 10.")] = None,
+    offset: Annotated[str | None, Query(description=">= 0, default 0.")] = None,
+    name: Annotated[str | None, Query(description="Case-insensitive substring.")] = None,
+    status: Annotated[
+        str | None, Query(description="A status; 'inactive' lists deleted CVMs.")
+    ] = None,
+    days: Annotated[str | None, Query(description="Created within the last N days.")] = None,
+    cc_platform: Annotated[str | None, Query(description="sev-snp or tdx.")] = None,
+) -> CVMPage:
+    service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        rows, total, page_limit, page_offset = service.list_cvms(
+            principal,
+            session,
+            domain_id=domain_id,
+            limit=limit,
+            offset=offset,
+            name=name,
+            status=status,
+            days=days,
+            cc_platform=cc_platform,
+        )
+        cvms = [CVMOut.of(row) for row in rows]
+    return CVMPage(cvms=cvms, total=total, limit=page_limit, offset=page_offset)
+
+
+@router.get(
+    "/{domainID}/cvms/{id}",
+    response_model=CVMOut,
+    summary="View a CVM",
+    responses=_errors(*_COMMON, 404),
+)
+def view_cvm(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    domain_query: DomainQuery = None,
+) -> CVMOut:
+    service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        cvm = service.get_cvm(principal, session, domain_id=domain_id, cvm_id=cvm_id)
+        return CVMOut.of(cvm)
+
+
+@router.delete(
+    "/{domainID}/cvms/{id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a CVM",
+    responses={
+        204: {"description": "Deleted; teardown goes on in the background."},
+        **_errors(*_COMMON, 404),
+    },
+)
+def delete_cvm(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    domain_query: DomainQuery = None,
+) -> Response:
+    service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        service.delete_cvm(principal, session, domain_id=domain_id, cvm_id=cvm_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{domainID}/cvms/{id}/statistics",
+    response_model=StatsOut,
+    summary="Uptime samples of a CVM, newest first",
+    responses=_errors(*_COMMON, 404),
+)
+def view_statistics(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    domain_query: DomainQuery = None,
+    days: Annotated[str | None, Query(description="Window in days, default 1.")] = None,
+    limit: Annotated[str | None, Query(description="1-10000, default 1000.")] = None,
+    offset: Annotated[str | None, Query(description=">= 0, default 0.")] = None,
+) -> StatsOut:
+    service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        page = service.get_statistics(
+            principal,
+            session,
+            domain_id=domain_id,
+            cvm_id=cvm_id,
+            days=days,
+            limit=limit,
+            offset=offset,
+            retention_days=runtime.settings.stats_retention_days,
+        )
+    samples = [
+        StatSample(
+            id=str(sample.id),
+            cvm_id=sample.cvm_id,
+            timestamp=rfc3339(sample.timestamp),
+            status=sample.status,
+        )
+        for sample in page.samples
+    ]
+    return StatsOut(cvm_stats=samples, total=page.total, uptime=page.uptime)
+
+
+@router.get(
+    "/{domainID}/cvms/{id}/attestation_policy",
+    response_model=AttestationPolicyOut,
+    summary="The attestation policy clients verify this CVM against",
+    responses=_errors(*_COMMON, 404, 409),
+)
+def view_attestation_policy(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    domain_query: DomainQuery = None,
+) -> AttestationPolicyOut:
+    service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        policy = service.get_attestation_policy(
+            principal, session, domain_id=domain_id, cvm_id=cvm_id
+        )
+    return AttestationPolicyOut(attestation_policy=policy)

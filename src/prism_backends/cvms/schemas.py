@@ -1,0 +1,118 @@
+"""The wire shapes of the CVM routes, exactly as the contract fixes them."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from prism_backends.cvms.models import CVM
+from prism_backends.pricing.core import format_usd
+from prism_backends.vocabulary import LogLevel
+
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def rfc3339(moment: datetime | None) -> str:
+    """UTC with a ``Z``; Go's zero time for 'never', as the source document shows."""
+    if moment is None:
+        return GO_ZERO_TIME
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") + _fraction(moment) + "Z"
+
+
+def _fraction(moment: datetime) -> str:
+    return f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
+
+
+class CreateCVMRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(description="1-255 characters after trimming; unique among live CVMs.")
+    agent_log_level: LogLevel = Field(LogLevel.INFO, description="debug, info, warn or error.")
+    agent_url: str | None = Field(
+        None, max_length=2048, description="Only for provider 'external': where its agent runs."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _trimmed_name(cls, value: str) -> str:
+        value = value.strip()
+        if not 1 <= len(value) <= 255:
+            raise ValueError("must be 1-255 characters after trimming")
+        return value
+
+
+class CVMOut(BaseModel):
+    id: str
+    name: str
+    cvm_id: str
+    agent_url: str
+    status: str
+    state: str
+    created_at: str
+    deleted_at: str
+    provider: str
+    vcpus: int
+    attestation: str
+    attestation_token: str
+    agent_log_level: str
+    monthly_cost_estimate: str = Field(examples=["$12.34"])
+    cc_platform: str
+    domain_id: str
+    error: str = Field(description="Why provisioning failed; empty otherwise.")
+    updated_at: str
+
+    @classmethod
+    def of(cls, cvm: CVM) -> CVMOut:
+        return cls(
+            id=cvm.id,
+            name=cvm.name,
+            cvm_id=cvm.cvm_id,
+            agent_url=cvm.agent_url,
+            status=cvm.status,
+            state=cvm.state,
+            created_at=rfc3339(cvm.created_at),
+            deleted_at=rfc3339(cvm.deleted_at),
+            provider=cvm.provider,
+            vcpus=cvm.vcpus,
+            attestation=base64.b64encode(cvm.attestation).decode() if cvm.attestation else "",
+            attestation_token=cvm.attestation_token,
+            agent_log_level=cvm.agent_log_level,
+            monthly_cost_estimate=format_usd(cvm.monthly_cost_cents),
+            cc_platform=cvm.cc_platform,
+            domain_id=cvm.domain_id,
+            error=cvm.error,
+            updated_at=rfc3339(cvm.updated_at),
+        )
+
+
+class CVMPage(BaseModel):
+    cvms: list[CVMOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class StatSample(BaseModel):
+    id: str
+    cvm_id: str
+    timestamp: str
+    status: bool
+
+
+class StatsOut(BaseModel):
+    cvm_stats: list[StatSample]
+    total: int = Field(description="Samples in the window, not just this page.")
+    uptime: float | None = Field(
+        description="Fraction of samples in the window with the agent up; null without samples."
+    )
+
+
+class AttestationPolicyOut(BaseModel):
+    attestation_policy: str = Field(description="The stored policy bytes, base64.")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(examples=["bad_request"])
+    message: str

@@ -1,0 +1,358 @@
+"""What the CVM routes do. Each function takes the principal and the session;
+the caller owns the transaction."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from prism_backends.auth.permissions import Permission
+from prism_backends.auth.principal import Principal
+from prism_backends.cvms import repository
+from prism_backends.cvms.models import CVM
+from prism_backends.cvms.schemas import CreateCVMRequest
+from prism_backends.db.base import utcnow
+from prism_backends.errors import BadRequest, Conflict, NotFound
+from prism_backends.pricing.core import PriceTable
+from prism_backends.pricing.table import estimate_cents
+from prism_backends.providers.registry import Catalog, CatalogEntry
+from prism_backends.statistics import repository as stats_repository
+from prism_backends.vocabulary import (
+    DOMAIN_ID_PATTERN,
+    PROVIDER_NAMES,
+    Platform,
+    State,
+    Status,
+    parse_platform,
+)
+
+MAX_PAGE = 100
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    cvm: CVM
+    created: bool  # False when an Idempotency-Key replay returned an existing CVM
+
+
+def check_domain(domain_id: str, query_domain_id: str | None) -> None:
+    """The path's domain must be well formed and agree with ``?domainID=``."""
+    if not DOMAIN_ID_PATTERN.fullmatch(domain_id):
+        raise BadRequest("must be 1-64 characters of A-Z a-z 0-9 . _ -", field="domainID")
+    if query_domain_id is not None and query_domain_id != domain_id:
+        raise BadRequest("the query parameter differs from the path's domain", field="domainID")
+
+
+def create_cvm(
+    principal: Principal,
+    session: Session,
+    *,
+    catalog: Catalog,
+    prices: PriceTable,
+    domain_id: str,
+    provider_name: str,
+    vcpu: str,
+    cc_platform: str,
+    body: bytes,
+    idempotency_key: str | None,
+) -> CreateOutcome:
+    principal.require(domain_id, Permission.CREATE)
+    request = _parse_create_body(body)
+    entry = _enabled_provider(catalog, provider_name)
+    platform = _offered_platform(cc_platform, entry.config.name, entry.provider.offerings)
+    vcpus = _offered_vcpus(vcpu, platform, entry.config.name, entry.provider.offerings)
+    if request.agent_url is not None and entry.config.name != "external":
+        raise BadRequest("is only accepted for provider 'external'", field="agent_url")
+
+    digest = _request_digest(entry.config.name, platform, vcpus, request)
+    if idempotency_key is not None:
+        replay = _idempotent_replay(session, domain_id, idempotency_key, digest)
+        if replay is not None:
+            return CreateOutcome(replay, created=False)
+    if repository.live_name_taken(session, domain_id, request.name):
+        raise Conflict(f"a CVM named {request.name!r} already exists in this domain")
+
+    now = utcnow()
+    cvm_id = str(uuid.uuid4())
+    instant = entry.provider.provisions_instantly
+    cvm = CVM(
+        id=cvm_id,
+        domain_id=domain_id,
+        name=request.name,
+        provider=entry.config.name,
+        cc_platform=platform.value,
+        vcpus=vcpus,
+        agent_log_level=request.agent_log_level.value,
+        agent_url=request.agent_url or "",
+        cvm_id=cvm_id if instant else "",
+        state=(State.PROVISIONED if instant else State.PENDING).value,
+        status=Status.STARTING.value,
+        error="",
+        monthly_cost_cents=estimate_cents(
+            prices,
+            entry.config.name,
+            platform.value,
+            vcpus,
+            catalog.price_override(entry.config.name, platform),
+        ),
+        price_table_version=prices.version,
+        attestation=None,
+        attestation_token="",
+        attestation_policy=entry.config.attestation_policies.get(platform),
+        created_at=now,
+        updated_at=now,
+        idempotency_key=idempotency_key,
+        request_digest=digest,
+        # The workers' queue: an instant provider has nothing left to do.
+        next_attempt_at=None if instant else now,
+        attempts=0,
+    )
+    repository.add(session, cvm)
+    return CreateOutcome(cvm, created=True)
+
+
+def _parse_create_body(body: bytes) -> CreateCVMRequest:
+    try:
+        return CreateCVMRequest.model_validate_json(body or b"")
+    except ValidationError as exc:
+        raise BadRequest(_describe_validation_error(exc)) from None
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    location = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{location}: unknown field (accepted: name, agent_log_level, agent_url)"
+    if kind == "missing":
+        return f"{location}: is required"
+    if kind == "json_invalid":
+        return f"body: not valid JSON ({error['msg']})"
+    if kind in ("model_type", "dict_type") or not location:
+        return "body: must be a JSON object"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location}: {message}"
+
+
+def _enabled_provider(catalog: Catalog, raw: str) -> CatalogEntry:
+    name = raw.lower()
+    entry = catalog.get(name)
+    if entry is not None:
+        return entry
+    enabled = ", ".join(catalog.enabled_names) or "none"
+    if name in PROVIDER_NAMES:
+        raise BadRequest(
+            f"provider {name!r} is not enabled: {catalog.why_unavailable(name)}; "
+            f"enabled providers: {enabled}",
+            field="provider",
+        )
+    raise BadRequest(
+        f"unknown provider {raw!r}; known: {', '.join(PROVIDER_NAMES)}; enabled: {enabled}",
+        field="provider",
+    )
+
+
+def _offered_platform(
+    raw: str, provider: str, offerings: Mapping[Platform, frozenset[int]]
+) -> Platform:
+    platform = parse_platform(raw)
+    offered = ", ".join(sorted(p.value for p, counts in offerings.items() if counts))
+    if platform is None:
+        raise BadRequest(f"unknown platform {raw!r}; accepted: sev-snp, tdx", field="cc_platform")
+    if not offerings.get(platform):
+        raise BadRequest(
+            f"provider {provider!r} does not offer {platform.value}; it offers: {offered}",
+            field="cc_platform",
+        )
+    return platform
+
+
+def _offered_vcpus(
+    raw: str, platform: Platform, provider: str, offerings: Mapping[Platform, frozenset[int]]
+) -> int:
+    allowed = offerings[platform]
+    described = _describe_counts(allowed)
+    if not raw.isascii() or not raw.isdigit() or int(raw) not in allowed:
+        raise BadRequest(
+            f"{raw!r} is not offered by {provider!r} for {platform.value}; allowed: {described}",
+            field="vcpu",
+        )
+    return int(raw)
+
+
+def _describe_counts(counts: frozenset[int]) -> str:
+    ordered = sorted(counts)
+    if len(ordered) > 16 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"any count from {ordered[0]} to {ordered[-1]}"
+    return ", ".join(str(count) for count in ordered)
+
+
+def _request_digest(
+    provider: str, platform: Platform, vcpus: int, request: CreateCVMRequest
+) -> str:
+    canonical = json.dumps(
+        [provider, platform.value, vcpus, request.model_dump(mode="json")], sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _idempotent_replay(session: Session, domain_id: str, key: str, digest: str) -> CVM | None:
+    if not 1 <= len(key) <= 255:
+        raise BadRequest("must be 1-255 characters", field="Idempotency-Key")
+    existing = repository.get_by_idempotency_key(session, domain_id, key)
+    if existing is None:
+        return None
+    if existing.request_digest != digest:
+        raise Conflict("this Idempotency-Key was used with a different request")
+    return existing
+
+
+def parse_page(
+    limit: str | None, offset: str | None, *, default_limit: int = 10
+) -> tuple[int, int]:
+    parsed_limit = _bounded_int(limit, "limit", default_limit, 1, MAX_PAGE)
+    parsed_offset = _bounded_int(offset, "offset", 0, 0, None)
+    return parsed_limit, parsed_offset
+
+
+def _bounded_int(raw: str | None, field: str, default: int, low: int, high: int | None) -> int:
+    if raw is None:
+        return default
+    text = raw.strip()
+    accepted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 18:
+        raise BadRequest(f"must be {accepted}, got {raw!r}", field=field)
+    value = int(text)
+    if value < low or (high is not None and value > high):
+        raise BadRequest(f"must be {accepted}, got {value}", field=field)
+    return value
+
+
+def list_cvms(
+    principal: Principal,
+    session: Session,
+    *,
+    domain_id: str,
+    limit: str | None,
+    offset: str | None,
+    name: str | None,
+    status: str | None,
+    days: str | None,
+    cc_platform: str | None,
+) -> tuple[list[CVM], int, int, int]:
+    principal.require(domain_id, Permission.READ)
+    page_limit, page_offset = parse_page(limit, offset)
+    filters = repository.ListFilters(
+        name=name or None,
+        status=_parse_status(status),
+        cc_platform=_parse_filter_platform(cc_platform),
+        created_after=_parse_days(days),
+    )
+    rows, total = repository.list_page(
+        session, domain_id, filters, limit=page_limit, offset=page_offset
+    )
+    return rows, total, page_limit, page_offset
+
+
+def _parse_status(raw: str | None) -> Status | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return Status(raw.lower())
+    except ValueError:
+        accepted = ", ".join(status.value for status in Status)
+        raise BadRequest(f"unknown status {raw!r}; accepted: {accepted}", field="status") from None
+
+
+def _parse_filter_platform(raw: str | None) -> Platform | None:
+    if raw is None or raw == "":
+        return None
+    platform = parse_platform(raw)
+    if platform is None:
+        raise BadRequest(f"unknown platform {raw!r}; accepted: sev-snp, tdx", field="cc_platform")
+    return platform
+
+
+def _parse_days(raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    days = _bounded_int(raw, "days", 1, 1, 36500)
+    return utcnow() - timedelta(days=days)
+
+
+def get_cvm(principal: Principal, session: Session, *, domain_id: str, cvm_id: str) -> CVM:
+    principal.require(domain_id, Permission.READ)
+    return _live_or_404(session, domain_id, cvm_id)
+
+
+def _live_or_404(session: Session, domain_id: str, cvm_id: str) -> CVM:
+    cvm = repository.get_live(session, domain_id, cvm_id)
+    if cvm is None:
+        raise NotFound(f"no CVM {cvm_id!r} in domain {domain_id!r}")
+    return cvm
+
+
+def delete_cvm(principal: Principal, session: Session, *, domain_id: str, cvm_id: str) -> None:
+    principal.require(domain_id, Permission.DELETE)
+    if not repository.mark_deleted(session, domain_id, cvm_id, utcnow()):
+        raise NotFound(f"no CVM {cvm_id!r} in domain {domain_id!r}")
+
+
+@dataclass(frozen=True)
+class StatisticsPage:
+    samples: list[stats_repository.Sample]
+    total: int
+    uptime: float | None
+
+
+def get_statistics(
+    principal: Principal,
+    session: Session,
+    *,
+    domain_id: str,
+    cvm_id: str,
+    days: str | None,
+    limit: str | None,
+    offset: str | None,
+    retention_days: int,
+) -> StatisticsPage:
+    principal.require(domain_id, Permission.READ)
+    window_days = _bounded_int(days, "days", 1, 1, retention_days)
+    page_limit = _bounded_int(limit, "limit", 1000, 1, 10_000)
+    page_offset = _bounded_int(offset, "offset", 0, 0, None)
+    cvm = _live_or_404(session, domain_id, cvm_id)
+    since = utcnow() - timedelta(days=window_days)
+    samples = stats_repository.window(
+        session, domain_id, cvm.id, since=since, limit=page_limit, offset=page_offset
+    )
+    total, up = stats_repository.window_counts(session, domain_id, cvm.id, since=since)
+    return StatisticsPage(samples=samples, total=total, uptime=(up / total) if total else None)
+
+
+def get_attestation_policy(
+    principal: Principal, session: Session, *, domain_id: str, cvm_id: str
+) -> str:
+    principal.require(domain_id, Permission.READ)
+    cvm = _live_or_404(session, domain_id, cvm_id)
+    if cvm.attestation_policy is None:
+        raise Conflict(_why_no_policy(cvm))
+    return base64.b64encode(cvm.attestation_policy).decode()
+
+
+def _why_no_policy(cvm: CVM) -> str:
+    if cvm.state in (State.PENDING.value, State.PROVISIONING.value):
+        return "the attestation policy is not available yet: the CVM is still provisioning"
+    if cvm.state == State.FAILED.value:
+        return "the CVM failed to provision, so it has no attestation policy"
+    return (
+        f"no attestation policy is available: provider {cvm.provider!r} has no reference "
+        f"values configured for {cvm.cc_platform}"
+    )

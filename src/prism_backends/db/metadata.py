@@ -1,0 +1,11 @@
+"""All tables, imported so that the metadata is complete for migrations."""
+
+from __future__ import annotations
+
+from prism_backends.cvms.models import CVM
+from prism_backends.db.base import Base
+from prism_backends.statistics.models import UptimeSample
+
+metadata = Base.metadata
+
+__all__ = ["CVM", "UptimeSample", "metadata"]

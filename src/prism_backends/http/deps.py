@@ -1,0 +1,58 @@
+"""Request dependencies: the runtime, and the principal behind the bearer token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from prism_backends.auth.principal import Principal
+from prism_backends.errors import AppError, Unauthenticated
+from prism_backends.runtime import Runtime
+
+_bearer = HTTPBearer(auto_error=False, description="A JWT from `prism-backends token issue`.")
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def get_principal(
+    request: Request,
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthenticated("missing Authorization: Bearer <token> header")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+    return runtime.verifier.verify(token)
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refused past MAX_BODY_BYTES (a CVM request is a few hundred bytes)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"the body must be at most {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,161 @@
+"""Lifecycle workers: threads that claim CVMs and converge them one at a time.
+
+Any number of worker processes may run against one PostgreSQL database; they
+coordinate only through the leases on the rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from prism_backends.config import Settings
+from prism_backends.db.base import utcnow
+from prism_backends.db.engine import unit_of_work
+from prism_backends.errors import StoreUnavailable
+from prism_backends.lifecycle import queue, reconciler
+from prism_backends.lifecycle.backoff import retry_delay
+from prism_backends.providers.registry import Catalog
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LifecycleWorkers:
+    """``concurrency`` threads, each claiming and converging one CVM at a time."""
+
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], catalog: Catalog
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._catalog = catalog
+        self._owner = worker_identity()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._rng = random.Random()  # noqa: S311 - jitter, not security
+        self._policy = reconciler.RetryPolicy(timedelta(seconds=settings.retry_give_up_seconds))
+
+    @property
+    def owner(self) -> str:
+        return self._owner
+
+    def start(self) -> None:
+        for index in range(self._settings.worker_concurrency):
+            thread = threading.Thread(target=self._run, name=f"lifecycle-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("lifecycle workers started: %s x%d", self._owner, len(self._threads))
+
+    def wake(self) -> None:
+        """Look for work now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except StoreUnavailable:
+                log.warning("store unavailable; lifecycle worker waits")
+                worked = False
+            except Exception:
+                # One bad CVM must never stop the loop.
+                log.exception("lifecycle step failed")
+                worked = False
+            if not worked:
+                self._wake.wait(self._settings.poll_seconds)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Claim one due CVM and converge it one step. False when none was due."""
+        with unit_of_work(self._sessions) as session:
+            claimed = queue.claim(
+                session,
+                owner=self._owner,
+                now=utcnow(),
+                lease_seconds=self._settings.lease_seconds,
+                limit=1,
+            )
+        if not claimed:
+            return False
+        self._converge(claimed[0])
+        return True
+
+    def _converge(self, work: queue.Work) -> None:
+        entry = self._catalog.get(work.provider)
+        keeper = _LeaseKeeper(self._sessions, work.id, self._owner, self._settings.lease_seconds)
+        keeper.start()
+        try:
+            outcome = reconciler.step(work, entry.provider if entry else None)
+        finally:
+            keeper.stop()
+        now = utcnow()
+        if outcome.kind is reconciler.Kind.RETRY and self._policy.gives_up(work, now):
+            outcome = reconciler.give_up(outcome)
+        delay = retry_delay(
+            work.attempts + 1,
+            base=self._settings.retry_base_seconds,
+            cap=self._settings.retry_max_seconds,
+            rng=self._rng,
+        )
+        with unit_of_work(self._sessions) as session:
+            cvm = queue.lock_if_owned(session, cvm_id=work.id, owner=self._owner)
+            if cvm is None:
+                log.warning("lost the lease on CVM %s; its new owner carries on", work.id)
+                return
+            reconciler.apply(cvm, work, outcome, now=now, retry_at=now + timedelta(seconds=delay))
+        log.info("CVM %s (%s): %s %s", work.id, work.provider, outcome.kind, outcome.reason)
+
+
+class _LeaseKeeper:
+    """Renews a lease while a long provider call is in flight."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], cvm_id: str, owner: str, lease_seconds: float
+    ) -> None:
+        self._sessions = sessions
+        self._cvm_id = cvm_id
+        self._owner = owner
+        self._lease = lease_seconds
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{cvm_id[:8]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._lease / 3):
+            try:
+                with unit_of_work(self._sessions) as session:
+                    held = queue.renew(
+                        session,
+                        cvm_id=self._cvm_id,
+                        owner=self._owner,
+                        until=utcnow() + timedelta(seconds=self._lease),
+                    )
+            except Exception:
+                log.warning("could not renew the lease on CVM %s", self._cvm_id, exc_info=True)
+                continue
+            if not held:
+                return

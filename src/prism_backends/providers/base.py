@@ -1,0 +1,90 @@
+"""The one interface every provider driver implements, and its vocabulary.
+
+A driver turns "this CVM should exist" into a machine at its provider and back.
+Every call is idempotent and keyed by our CVM id, so a worker that crashed
+mid-call can simply call again. Drivers translate their SDK's failures into
+``RetryableProviderError`` or ``TerminalProviderError`` at their edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from prism_backends.vocabulary import LogLevel, Platform
+
+
+class ProviderError(Exception):
+    """A provider call failed; subclasses say whether trying again can help."""
+
+
+class RetryableProviderError(ProviderError):
+    """Capacity, quota, throttling, timeouts: the same call may succeed later."""
+
+
+class TerminalProviderError(ProviderError):
+    """Bad image, bad credentials, unsupported size: retrying cannot help."""
+
+
+class MachineState(StrEnum):
+    """A provider's view of a machine, mapped into our words inside each driver."""
+
+    CREATING = "creating"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class MachineRequest:
+    """What a driver needs to create (or find again) the machine of one CVM."""
+
+    cvm_id: str
+    domain_id: str
+    name: str
+    platform: Platform
+    vcpus: int
+    agent_log_level: LogLevel
+    agent_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    """A machine as its provider reports it."""
+
+    provider_machine_id: str
+    state: MachineState
+    agent_url: str = ""
+    detail: str = ""
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A place CVMs run. Implementations live one per module in this package."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def offerings(self) -> Mapping[Platform, frozenset[int]]:
+        """vCPU counts offered per platform; a platform absent here is not offered."""
+        ...
+
+    @property
+    def provisions_instantly(self) -> bool:
+        """True when creating needs no remote call (the tenant runs the machine)."""
+        ...
+
+    def create(self, request: MachineRequest) -> Machine:
+        """Create the machine, or return the one already created for ``request.cvm_id``."""
+        ...
+
+    def delete(self, cvm_id: str, provider_machine_id: str) -> None:
+        """Remove the machine; a machine that is already gone counts as removed."""
+        ...
+
+    def describe(self, cvm_id: str, provider_machine_id: str) -> Machine | None:
+        """The machine as the provider sees it now, or None when it does not exist."""
+        ...

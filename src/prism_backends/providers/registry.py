@@ -1,0 +1,89 @@
+"""The explicit registry: driver name -> factory, and the deployment's catalog."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from prism_backends.providers.base import Provider
+from prism_backends.providers.config import ProviderConfig, ProviderConfigError, load_configs
+from prism_backends.providers.external import make_external
+from prism_backends.vocabulary import PROVIDER_NAMES, Platform
+
+log = logging.getLogger(__name__)
+
+DriverFactory = Callable[[ProviderConfig], Provider]
+
+# Built-in drivers. A provider whose driver is not here (and not a
+# "module:factory" path) cannot be enabled.
+DRIVERS: dict[str, DriverFactory] = {
+    "external": make_external,
+}
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    config: ProviderConfig
+    provider: Provider
+
+
+class Catalog:
+    """The providers this deployment has enabled, with their configuration."""
+
+    def __init__(self, entries: Mapping[str, CatalogEntry], unavailable: Mapping[str, str]) -> None:
+        self._entries = dict(entries)
+        self._unavailable = dict(unavailable)
+
+    @property
+    def enabled_names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, name: str) -> CatalogEntry | None:
+        return self._entries.get(name)
+
+    def why_unavailable(self, name: str) -> str:
+        return self._unavailable.get(name, "it is not enabled in this deployment's configuration")
+
+    def price_override(self, name: str, platform: Platform) -> Decimal | None:
+        entry = self._entries.get(name)
+        return entry.config.price_per_vcpu_hour.get(platform) if entry else None
+
+
+def resolve_driver(driver: str) -> DriverFactory | None:
+    if driver in DRIVERS:
+        return DRIVERS[driver]
+    if ":" not in driver:
+        return None
+    module_name, _, attribute = driver.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ProviderConfigError(f"driver {driver!r} cannot be loaded: {exc}") from exc
+    if not callable(factory):
+        raise ProviderConfigError(f"driver {driver!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+def build_catalog(configs: Mapping[str, ProviderConfig]) -> Catalog:
+    entries: dict[str, CatalogEntry] = {}
+    unavailable: dict[str, str] = {}
+    for name in PROVIDER_NAMES:
+        config = configs[name]
+        if not config.enabled:
+            continue
+        factory = resolve_driver(config.driver)
+        if factory is None:
+            reason = f"its driver {config.driver!r} is not available in this version"
+            log.warning("provider %s is configured in %s but %s", name, config.source, reason)
+            unavailable[name] = reason
+            continue
+        entries[name] = CatalogEntry(config=config, provider=factory(config))
+    return Catalog(entries, unavailable)
+
+
+def load_catalog(providers_dir: Path | None) -> Catalog:
+    return build_catalog(load_configs(providers_dir))

@@ -1,0 +1,59 @@
+"""The parts a process is assembled from, built once from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from prism_backends.auth.keys import load_or_create_issuer_key
+from prism_backends.auth.tokens import TokenVerifier, load_jwks_file
+from prism_backends.config import Settings
+from prism_backends.db.engine import make_engine, make_session_factory
+from prism_backends.pricing.core import PriceTable
+from prism_backends.pricing.table import packaged_table
+from prism_backends.providers.registry import Catalog, load_catalog
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        if self.settings.database_url is None:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return make_engine(self.settings.effective_database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return make_session_factory(self.engine)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.settings.effective_providers_dir)
+
+    @cached_property
+    def prices(self) -> PriceTable:
+        return packaged_table()
+
+    @cached_property
+    def verifier(self) -> TokenVerifier:
+        settings = self.settings
+        local_keys = []
+        if settings.embedded_issuer:
+            local_keys.append(load_or_create_issuer_key(settings.data_dir).public_key())
+        return TokenVerifier(
+            algorithms=settings.jwt_algorithms,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            local_keys=local_keys,
+            jwks=load_jwks_file(settings.jwks_file) if settings.jwks_file else None,
+            jwks_url=settings.jwks_url,
+        )
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
