@@ -20,7 +20,6 @@ from prism_backends.cvms.schemas import (
     rfc3339,
 )
 from prism_backends.db.engine import unit_of_work
-from prism_backends.errors import UnsupportedMediaType
 from prism_backends.http.deps import PrincipalDep, RuntimeDep, read_body
 
 router = APIRouter(tags=["cvms"])
@@ -79,7 +78,6 @@ def create_cvm(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     service.check_domain(domain_id, domain_query)
-    _require_json(request)
     with unit_of_work(runtime.sessions) as session:
         outcome = service.create_cvm(
             principal,
@@ -90,6 +88,7 @@ def create_cvm(
             provider_name=provider,
             vcpu=vcpu,
             cc_platform=cc_platform,
+            content_type=request.headers.get("content-type", ""),
             body=body,
             idempotency_key=idempotency_key,
         )
@@ -99,14 +98,6 @@ def create_cvm(
         status_code=201 if outcome.created else 200,
         headers={"Location": location},
     )
-
-
-def _require_json(request: Request) -> None:
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, got {media_type or 'none'!r}"
-        )
 
 
 @router.get(

@@ -20,7 +20,7 @@ from prism_backends.cvms import repository
 from prism_backends.cvms.models import CVM
 from prism_backends.cvms.schemas import CreateCVMRequest
 from prism_backends.db.base import utcnow
-from prism_backends.errors import BadRequest, Conflict, NotFound
+from prism_backends.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
 from prism_backends.pricing.core import PriceTable
 from prism_backends.pricing.table import estimate_cents
 from prism_backends.providers.registry import Catalog, CatalogEntry
@@ -61,11 +61,12 @@ def create_cvm(
     provider_name: str,
     vcpu: str,
     cc_platform: str,
+    content_type: str,
     body: bytes,
     idempotency_key: str | None,
 ) -> CreateOutcome:
     principal.require(domain_id, Permission.CREATE)
-    request = _parse_create_body(body)
+    request = _parse_create_body(content_type, body)
     entry = _enabled_provider(catalog, provider_name)
     platform = _offered_platform(cc_platform, entry.config.name, entry.provider.offerings)
     vcpus = _offered_vcpus(vcpu, platform, entry.config.name, entry.provider.offerings)
@@ -119,7 +120,12 @@ def create_cvm(
     return CreateOutcome(cvm, created=True)
 
 
-def _parse_create_body(body: bytes) -> CreateCVMRequest:
+def _parse_create_body(content_type: str, body: bytes) -> CreateCVMRequest:
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {media_type or 'none'!r}"
+        )
     try:
         return CreateCVMRequest.model_validate_json(body or b"")
     except ValidationError as exc:
