@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from prism_backends.errors import AppError
 
@@ -45,7 +46,10 @@ def install_error_handlers(app: FastAPI) -> None:
             405: f"method {request.method} is not allowed on {request.url.path}",
         }.get(exc.status_code, str(exc.detail))
         code = _HTTP_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return error_response(exc.status_code, code, message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -57,3 +61,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _bug(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "an internal error occurred")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method served at this path, from the OpenAPI document (the router
+    itself names only the first matching route's methods)."""
+    methods: set[str] = set()
+    for path, operations in request.app.openapi().get("paths", {}).items():
+        pattern, _, _ = compile_path(path)
+        if pattern.match(request.url.path):
+            methods.update(method.upper() for method in operations)
+    return sorted(methods)

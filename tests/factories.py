@@ -1,0 +1,66 @@
+"""Plain functions that put rows in a store, for tests that need history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from prism_backends.cvms.models import CVM
+from prism_backends.db.base import utcnow
+from prism_backends.db.engine import unit_of_work
+from prism_backends.statistics import repository as stats
+from prism_backends.vocabulary import State, Status
+
+
+def insert_cvm(
+    sessions: sessionmaker[Session],
+    *,
+    domain_id: str = "dom-1",
+    name: str | None = None,
+    status: Status = Status.RUNNING,
+    state: State = State.PROVISIONED,
+    platform: str = "sev-snp",
+    provider: str = "external",
+    created_at: datetime | None = None,
+    deleted: bool = False,
+    policy: bytes | None = None,
+) -> str:
+    cvm_id = str(uuid.uuid4())
+    created = created_at or utcnow()
+    with unit_of_work(sessions) as session:
+        session.add(
+            CVM(
+                id=cvm_id,
+                domain_id=domain_id,
+                name=name or f"cvm-{cvm_id[:8]}",
+                provider=provider,
+                cc_platform=platform,
+                vcpus=2,
+                agent_log_level="info",
+                agent_url="",
+                cvm_id=cvm_id,
+                state=(State.DELETED if deleted else state).value,
+                status=(Status.INACTIVE if deleted else status).value,
+                error="",
+                monthly_cost_cents=0,
+                price_table_version="test",
+                attestation=None,
+                attestation_token="",
+                attestation_policy=policy,
+                created_at=created,
+                updated_at=created,
+                deleted_at=created + timedelta(minutes=1) if deleted else None,
+                request_digest="",
+                attempts=0,
+            )
+        )
+    return cvm_id
+
+
+def insert_samples(
+    sessions: sessionmaker[Session], cvm_id: str, samples: list[tuple[datetime, bool]]
+) -> None:
+    with unit_of_work(sessions) as session:
+        stats.record(session, [(cvm_id, moment, up) for moment, up in samples])
