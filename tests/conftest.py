@@ -46,7 +46,9 @@ def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A schema of our own on the test PostgreSQL, migrated once per session."""
     base = postgres_base_url()
     if base is None:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+        pytest.skip(
+            f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+        )
     schema = f"prism_test_{_worker_name(request.config)}_{os.getpid()}"
     admin = create_engine(base)
     with admin.begin() as connection:
@@ -136,7 +138,9 @@ TokenFactory = Callable[..., str]
 def token(data_dir: Path) -> TokenFactory:
     """``token("dom", role=Role.MEMBER)``: a token from the embedded issuer."""
 
-    def _issue(domain: str = "dom-1", role: Role = Role.ADMIN, ttl: timedelta = timedelta(hours=1)) -> str:
+    def _issue(
+        domain: str = "dom-1", role: Role = Role.ADMIN, ttl: timedelta = timedelta(hours=1)
+    ) -> str:
         key = load_or_create_issuer_key(data_dir)
         return issue_token(
             key, issuer="prism-backends", domain_id=domain, role=role, subject="tester", ttl=ttl

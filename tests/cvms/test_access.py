@@ -51,8 +51,13 @@ def _hs256(claims: dict[str, object], secret: bytes) -> str:
 
 
 def _bad_tokens(data_dir: Path, token: TokenFactory) -> dict[str, str]:
-    claims = {"sub": "x", "domain": "dom-1", "role": "admin", "exp": int(time.time()) + 600,
-              "iss": "prism-backends"}
+    claims = {
+        "sub": "x",
+        "domain": "dom-1",
+        "role": "admin",
+        "exp": int(time.time()) + 600,
+        "iss": "prism-backends",
+    }
     stranger = Ed25519PrivateKey.generate()
     ours = (data_dir / "issuer-ed25519.pem").read_bytes()
     return {
@@ -104,7 +109,9 @@ def test_member_reads_but_cannot_create_or_delete(
     member = auth(token(role=Role.MEMBER))
     assert client.get("/backends/dom-1/cvms", headers=member).status_code == 200
     assert client.get(f"/backends/dom-1/cvms/{cvm_id}", headers=member).status_code == 200
-    assert client.get(f"/backends/dom-1/cvms/{cvm_id}/statistics", headers=member).status_code == 200
+    assert (
+        client.get(f"/backends/dom-1/cvms/{cvm_id}/statistics", headers=member).status_code == 200
+    )
     created = client.post(
         "/backends/dom-1/cvms/external/2/sev-snp", json={"name": "m"}, headers=member
     )
@@ -135,14 +142,22 @@ def test_domains_claim_grants_several_domains(runtime: Runtime, data_dir: Path) 
     from prism_backends.auth.keys import load_or_create_issuer_key
 
     key = load_or_create_issuer_key(data_dir)
-    claims = {"sub": "u", "iss": "prism-backends", "exp": int(time.time()) + 60,
-              "domains": {"dom-a": "admin", "dom-b": "member"}}
-    value = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": public_jwk(key.public_key())["kid"]})
+    claims = {
+        "sub": "u",
+        "iss": "prism-backends",
+        "exp": int(time.time()) + 60,
+        "domains": {"dom-a": "admin", "dom-b": "member"},
+    }
+    value = jwt.encode(
+        claims, key, algorithm="EdDSA", headers={"kid": public_jwk(key.public_key())["kid"]}
+    )
     with TestClient(create_app(runtime)) as client:
         assert client.get("/backends/dom-a/cvms", headers=auth(value)).status_code == 200
         assert client.get("/backends/dom-b/cvms", headers=auth(value)).status_code == 200
         assert client.get("/backends/dom-c/cvms", headers=auth(value)).status_code == 403
-        denied = client.post("/backends/dom-b/cvms/external/2/tdx", json={"name": "n"}, headers=auth(value))
+        denied = client.post(
+            "/backends/dom-b/cvms/external/2/tdx", json={"name": "n"}, headers=auth(value)
+        )
         assert denied.status_code == 403
 
 
@@ -154,14 +169,23 @@ def test_external_issuer_trusted_through_a_jwks_file(
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps({"keys": [jwk]}))
     settings = Settings(
-        data_dir=data_dir, database_url=database_url, jwks_file=jwks_file,
-        jwt_issuer="supermq.auth", embedded_issuer=False,
+        data_dir=data_dir,
+        database_url=database_url,
+        jwks_file=jwks_file,
+        jwt_issuer="supermq.auth",
+        embedded_issuer=False,
     )
-    claims = {"sub": "u", "iss": "supermq.auth", "exp": int(time.time()) + 60,
-              "domain": "dom-1", "role": "member"}
+    claims = {
+        "sub": "u",
+        "iss": "supermq.auth",
+        "exp": int(time.time()) + 60,
+        "domain": "dom-1",
+        "role": "member",
+    }
     good = jwt.encode(claims, issuer_key, algorithm="EdDSA", headers={"kid": jwk["kid"]})
-    wrong_issuer = jwt.encode({**claims, "iss": "elsewhere"}, issuer_key, algorithm="EdDSA",
-                              headers={"kid": jwk["kid"]})
+    wrong_issuer = jwt.encode(
+        {**claims, "iss": "elsewhere"}, issuer_key, algorithm="EdDSA", headers={"kid": jwk["kid"]}
+    )
     runtime = Runtime(settings)
     try:
         with TestClient(create_app(runtime)) as client:
@@ -187,7 +211,9 @@ def test_domain_query_parameter_must_agree_with_the_path(
     assert reply.status_code == 400
     assert reply.json()["message"].startswith("domainID:")
     created = client.post(
-        "/backends/dom-1/cvms/external/2/sev-snp?domainID=dom-9", json={"name": "q"}, headers=headers
+        "/backends/dom-1/cvms/external/2/sev-snp?domainID=dom-9",
+        json={"name": "q"},
+        headers=headers,
     )
     assert created.status_code == 400
 

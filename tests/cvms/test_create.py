@@ -10,7 +10,9 @@ from tests.cvms.conftest import CreateFn
 from tests.fakes.memory_provider import MemoryProvider
 
 
-def test_created_reply_has_location_and_the_cvm(client: TestClient, create: CreateFn, token: TokenFactory) -> None:
+def test_created_reply_has_location_and_the_cvm(
+    client: TestClient, create: CreateFn, token: TokenFactory
+) -> None:
     reply = create("example-cvm", body={"name": "example-cvm", "agent_log_level": "debug"})
     assert reply.status_code == 201
     cvm = reply.json()
@@ -68,7 +70,9 @@ def test_unknown_platform_is_rejected(create: CreateFn) -> None:
     assert reply.json()["message"].startswith("cc_platform:")
 
 
-def test_platform_the_provider_does_not_offer_is_rejected(aws: MemoryProvider, create: CreateFn) -> None:
+def test_platform_the_provider_does_not_offer_is_rejected(
+    aws: MemoryProvider, create: CreateFn
+) -> None:
     reply = create(provider="aws", platform="tdx")
     assert reply.status_code == 400
     assert "does not offer tdx" in reply.json()["message"]
@@ -123,7 +127,9 @@ def test_json_with_charset_is_accepted(client: TestClient, token: TokenFactory) 
         ([], "body"),
     ],
 )
-def test_invalid_bodies_are_400_naming_the_field(create: CreateFn, body: object, field: str) -> None:
+def test_invalid_bodies_are_400_naming_the_field(
+    create: CreateFn, body: object, field: str
+) -> None:
     reply = create(body=body)
     assert reply.status_code == 400
     assert reply.json()["message"].startswith(f"{field}:"), reply.json()
@@ -179,7 +185,9 @@ def test_idempotency_key_with_another_body_is_409(create: CreateFn) -> None:
     assert "Idempotency-Key" in reply.json()["message"]
 
 
-def test_cloud_cvm_is_pending_until_a_worker_provisions_it(aws: MemoryProvider, create: CreateFn) -> None:
+def test_cloud_cvm_is_pending_until_a_worker_provisions_it(
+    aws: MemoryProvider, create: CreateFn
+) -> None:
     cvm = create(provider="aws").json()
     assert (cvm["state"], cvm["status"], cvm["cvm_id"]) == ("pending", "starting", "")
     assert aws.ledger.calls == []  # the request only records intent

@@ -73,7 +73,7 @@ def test_name_is_a_case_insensitive_substring(
     for name in ("Alpha-One", "beta", "ALPHABET", "100%_sure"):
         insert_cvm(runtime.sessions, name=name)
     assert sorted(_names(_list(client, token, "?name=alpha"))) == ["ALPHABET", "Alpha-One"]
-    assert _names(_list(client, token, "?name=%25_"))  == ["100%_sure"]
+    assert _names(_list(client, token, "?name=%25_")) == ["100%_sure"]
     assert _list(client, token, "?name=_")["total"] == 1  # wildcards are literal
 
 

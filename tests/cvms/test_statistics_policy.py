@@ -15,7 +15,9 @@ from tests.conftest import TokenFactory, auth
 from tests.factories import insert_cvm, insert_samples
 
 
-def _stats(client: TestClient, token: TokenFactory, cvm_id: str, query: str = "") -> dict[str, object]:
+def _stats(
+    client: TestClient, token: TokenFactory, cvm_id: str, query: str = ""
+) -> dict[str, object]:
     reply = client.get(f"/backends/dom-1/cvms/{cvm_id}/statistics{query}", headers=auth(token()))
     assert reply.status_code == 200, reply.text
     body: dict[str, object] = reply.json()
@@ -48,14 +50,18 @@ def test_samples_newest_first_within_the_window(
 def test_paging_through_samples(client: TestClient, runtime: Runtime, token: TokenFactory) -> None:
     cvm_id = insert_cvm(runtime.sessions)
     now = utcnow()
-    insert_samples(runtime.sessions, cvm_id, [(now - timedelta(minutes=5 * i), True) for i in range(10)])
+    insert_samples(
+        runtime.sessions, cvm_id, [(now - timedelta(minutes=5 * i), True) for i in range(10)]
+    )
     page = _stats(client, token, cvm_id, "?limit=3&offset=3")
     samples = page["cvm_stats"]
     assert isinstance(samples, list)
     assert len(samples) == 3 and page["total"] == 10
 
 
-def test_no_samples_means_no_uptime(client: TestClient, runtime: Runtime, token: TokenFactory) -> None:
+def test_no_samples_means_no_uptime(
+    client: TestClient, runtime: Runtime, token: TokenFactory
+) -> None:
     page = _stats(client, token, insert_cvm(runtime.sessions))
     assert (page["cvm_stats"], page["total"], page["uptime"]) == ([], 0, None)
 
@@ -69,7 +75,9 @@ def test_window_beyond_retention_or_malformed_is_400(
     assert reply.status_code == 400
 
 
-def test_days_up_to_the_retention(client: TestClient, runtime: Runtime, token: TokenFactory) -> None:
+def test_days_up_to_the_retention(
+    client: TestClient, runtime: Runtime, token: TokenFactory
+) -> None:
     assert _stats(client, token, insert_cvm(runtime.sessions), "?days=90")["total"] == 0
 
 
