@@ -39,6 +39,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "The token grants no such right in this domain.",
         404: "No such CVM in this domain.",
         409: "Conflict; the message says why.",
+        413: "The body is larger than 64 KiB.",
         415: "The body is not application/json.",
         503: "The store is unavailable.",
     }
@@ -56,7 +57,7 @@ _COMMON = (400, 401, 403, 503)
     responses={
         200: {"model": CVMOut, "description": "Idempotency-Key replay: the CVM created before."},
         201: {"description": "Recorded; provisioning goes on in the background."},
-        **_errors(*_COMMON, 409, 415),
+        **_errors(*_COMMON, 409, 413, 415),
     },
     openapi_extra={
         "requestBody": {
