@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         description="Directory of provider TOML files, one per provider. "
         "Default: DATA_DIR/providers if it exists; otherwise only 'external' is enabled.",
     )
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error."
+    )
 
     # Authentication.
     jwt_algorithms: list[str] = Field(
@@ -79,8 +81,13 @@ class Settings(BaseSettings):
     @field_validator("base_path")
     @classmethod
     def _normalise_base_path(cls, value: str) -> str:
-        value = "/" + value.strip("/")
-        return "" if value == "/" else value
+        segments = [segment for segment in value.split("/") if segment]
+        return "".join(f"/{segment}" for segment in segments)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(

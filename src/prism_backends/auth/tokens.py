@@ -11,12 +11,13 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from prism_backends.auth.keys import public_jwk
 from prism_backends.auth.permissions import Role
@@ -51,8 +52,18 @@ def issue_token(
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
 
 
+@dataclass(frozen=True, slots=True)
+class _TrustedKey:
+    key: Any
+    algorithm: str  # the one algorithm this key verifies, whatever a header claims
+
+
 class TokenVerifier:
-    """Checks signature, expiry, issuer and audience; builds the Principal."""
+    """Checks signature, expiry, issuer and audience; builds the Principal.
+
+    Each trusted key is bound to one algorithm: a token is checked with its
+    key's algorithm, and only if that algorithm is pinned by configuration.
+    """
 
     def __init__(
         self,
@@ -60,31 +71,33 @@ class TokenVerifier:
         algorithms: Sequence[str],
         issuer: str | None,
         audience: str | None,
-        local_keys: Sequence[Any] = (),
+        local_keys: Sequence[Ed25519PublicKey] = (),
         jwks: Mapping[str, Any] | None = None,
         jwks_url: str | None = None,
     ) -> None:
         if not algorithms or any(alg.lower() == "none" for alg in algorithms):
             raise ValueError("at least one signature algorithm must be pinned, and never 'none'")
-        self._algorithms = list(algorithms)
+        self._algorithms = frozenset(algorithms)
         self._issuer = issuer
         self._audience = audience
-        self._keys: dict[str | None, Any] = {}
+        self._keys: dict[str | None, _TrustedKey] = {}
         for key in local_keys:
-            self._keys[public_jwk(key)["kid"]] = key
+            self._keys[public_jwk(key)["kid"]] = _TrustedKey(key, "EdDSA")
         if jwks is not None:
             for jwk in jwks.get("keys", []):
                 parsed = jwt.PyJWK(jwk)
-                self._keys[parsed.key_id] = parsed.key
+                self._keys[parsed.key_id] = _TrustedKey(parsed.key, parsed.algorithm_name)
         self._jwks_client = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
 
     def verify(self, token: str) -> Principal:
-        key = self._signing_key(token)
+        trusted = self._signing_key(token)
+        if trusted.algorithm not in self._algorithms:
+            raise Unauthenticated("the token's signing key uses an algorithm that is not accepted")
         try:
             claims = jwt.decode(
                 token,
-                key,
-                algorithms=self._algorithms,
+                trusted.key,
+                algorithms=[trusted.algorithm],
                 issuer=self._issuer,
                 audience=self._audience,
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
@@ -92,28 +105,26 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("the token has expired") from exc
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
             raise Unauthenticated(f"the token is not valid: {exc}") from exc
         return _principal_from(claims)
 
-    def _signing_key(self, token: str) -> Any:
+    def _signing_key(self, token: str) -> _TrustedKey:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise Unauthenticated("the token is not a well-formed JWT") from exc
-        if (
-            str(header.get("alg", "")).lower() == "none"
-            or header.get("alg") not in self._algorithms
-        ):
+        if header.get("alg") not in self._algorithms:
             raise Unauthenticated("the token's signature algorithm is not accepted")
         kid = header.get("kid")
-        if kid in self._keys:
+        if isinstance(kid, str) and kid in self._keys:
             return self._keys[kid]
         if self._jwks_client is not None:
             try:
-                return self._jwks_client.get_signing_key_from_jwt(token).key
+                fetched = self._jwks_client.get_signing_key_from_jwt(token)
             except jwt.PyJWTError as exc:
                 raise Unauthenticated("the token was not signed by a trusted key") from exc
+            return _TrustedKey(fetched.key, fetched.algorithm_name)
         if kid is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
         raise Unauthenticated("the token was not signed by a trusted key")

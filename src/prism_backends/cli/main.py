@@ -145,8 +145,8 @@ def api(
         log_level=log_level,
     )
     runtime = _runtime(settings)
-    _require_current_schema(runtime)
     try:
+        _require_current_schema(runtime)
         _serve_http(runtime)
     finally:
         runtime.close()
@@ -178,7 +178,11 @@ def worker(
         worker_concurrency=concurrency,
     )
     runtime = _runtime(settings)
-    _require_current_schema(runtime)
+    try:
+        _require_current_schema(runtime)
+    except typer.Exit:
+        runtime.close()
+        raise
     workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog)
     stopping = threading.Event()
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from prism_backends.config import Settings, load_settings
 
@@ -61,6 +63,10 @@ def settings_from(config: Path | None, **flags: Any) -> Settings:
             f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
         )
         raise typer.BadParameter(problems) from None
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"{config}: {exc}", param_hint="--config") from None
+    except SettingsError as exc:
+        raise typer.BadParameter(f"{exc} (lists are JSON, e.g. '[\"EdDSA\"]')") from None
 
 
 def setup_logging(level: str) -> None:
@@ -78,5 +84,7 @@ def parse_duration(raw: str) -> timedelta:
     """``90s``, ``30m``, ``24h``, ``7d``."""
     match = _DURATION.fullmatch(raw.strip())
     if not match or int(match.group(1)) == 0:
-        raise typer.BadParameter(f"{raw!r}: use a positive number with s, m, h or d (e.g. 24h)")
+        raise typer.BadParameter(
+            f"{raw!r}: use a positive number with s, m, h or d (e.g. 24h)", param_hint="--ttl"
+        )
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})

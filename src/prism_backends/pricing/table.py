@@ -24,7 +24,7 @@ def parse_table(text: str) -> PriceTable:
             platform=row["platform"],
             vcpus=int(row["vcpus"]),
             size=row["size"],
-            usd_per_hour=Decimal(row["usd_per_hour"]),
+            usd_per_hour=Decimal(str(row["usd_per_hour"])),  # never through a binary float
             source=row["source"],
             as_of=row["as_of"],
         )

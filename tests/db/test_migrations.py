@@ -1,0 +1,204 @@
+"""The Alembic migrations build exactly the schema the models describe, on SQLite
+and PostgreSQL, and every migration can be undone and redone."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from prism_backends.db import migrate
+from prism_backends.db.engine import make_engine
+from prism_backends.db.metadata import metadata
+from tests.conftest import BACKENDS, POSTGRES_ENV, postgres_base_url
+
+TABLES = {"cvms", "cvm_stats"}
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An engine on a store nobody has migrated yet: a new SQLite file, or a new
+    PostgreSQL schema of its own (so that downgrades touch no other test's store)."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+        yield engine
+        engine.dispose()
+        return
+    base = postgres_base_url()
+    if base is None:
+        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV}")
+    schema = f"prism_migrations_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _diff(engine: Engine) -> list[Any]:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return list(compare_metadata(context, metadata))
+
+
+def _tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names()) - {"alembic_version"}
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(migrate.alembic_config(create_engine("sqlite://")))
+
+
+# --- models and migrations agree ----------------------------------------------------
+
+
+def test_migrated_store_matches_the_models(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine)
+    assert _diff(empty_engine) == []
+
+
+def test_store_from_the_shared_fixture_matches_the_models(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        assert _diff(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_the_comparison_would_see_a_missing_schema(empty_engine: Engine) -> None:
+    # Guard against a vacuous comparison: an unmigrated store differs.
+    added = {diff[1].name for diff in _diff(empty_engine) if diff[0] == "add_table"}
+    assert added == TABLES
+
+
+def _predicate(raw: Any) -> str:
+    return re.sub(r"[\s()]", "", str(raw)).lower()
+
+
+def test_partial_indexes_have_the_models_conditions(empty_engine: Engine) -> None:
+    # Autogenerate does not compare index WHERE clauses; they carry the rules
+    # "names are unique among live CVMs" and "one CVM per idempotency key".
+    migrate.upgrade(empty_engine)
+    dialect = empty_engine.dialect.name
+    reflected = {
+        index["name"]: index
+        for table in TABLES
+        for index in inspect(empty_engine).get_indexes(table)
+    }
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            assert index.name in reflected, index.name
+            found = reflected[index.name]
+            assert bool(found["unique"]) == index.unique, index.name
+            assert found["column_names"] == [column.name for column in index.columns]
+            expected = index.dialect_options[dialect]["where"]
+            actual = found.get("dialect_options", {}).get(f"{dialect}_where")
+            if expected is None:
+                assert actual is None, index.name
+            else:
+                assert actual is not None, index.name
+                assert _predicate(actual) == _predicate(expected), index.name
+
+
+def test_stats_rows_go_with_their_cvm(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine)
+    (foreign_key,) = inspect(empty_engine).get_foreign_keys("cvm_stats")
+    assert foreign_key["referred_table"] == "cvms"
+    assert foreign_key["constrained_columns"] == ["cvm_id"]
+    assert foreign_key["options"].get("ondelete") == "CASCADE"
+
+
+# --- upgrade, downgrade, upgrade ----------------------------------------------------
+
+
+def test_there_is_one_head() -> None:
+    assert len(_script().get_heads()) == 1
+
+
+def test_fresh_store_is_not_current_until_migrated(empty_engine: Engine) -> None:
+    assert migrate.current_revision(empty_engine) is None
+    assert migrate.is_current(empty_engine) is False
+
+    migrate.upgrade(empty_engine)
+
+    assert migrate.current_revision(empty_engine) == migrate.head_revision(empty_engine)
+    assert migrate.is_current(empty_engine) is True
+    assert _tables(empty_engine) == TABLES
+
+
+def test_upgrade_is_idempotent(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine)
+    migrate.upgrade(empty_engine)
+    assert migrate.is_current(empty_engine)
+    assert _diff(empty_engine) == []
+
+
+def test_upgrade_downgrade_upgrade_round_trip(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine)
+    assert _tables(empty_engine) == TABLES
+
+    migrate.downgrade(empty_engine, "base")
+
+    assert migrate.current_revision(empty_engine) is None
+    assert _tables(empty_engine) == set()
+    assert not migrate.is_current(empty_engine)
+
+    migrate.upgrade(empty_engine)
+
+    assert migrate.is_current(empty_engine)
+    assert _diff(empty_engine) == []
+
+
+def test_every_revision_steps_down_and_up_again(empty_engine: Engine) -> None:
+    revisions = [script.revision for script in reversed(list(_script().walk_revisions()))]
+    assert revisions, "no migrations found"
+    for revision in revisions:
+        migrate.upgrade(empty_engine, revision)
+        assert migrate.current_revision(empty_engine) == revision
+        migrate.downgrade(empty_engine, "-1")
+        migrate.upgrade(empty_engine, revision)
+        assert migrate.current_revision(empty_engine) == revision
+    assert _diff(empty_engine) == []
+
+
+def test_the_store_is_usable_after_a_round_trip(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine)
+    migrate.downgrade(empty_engine, "base")
+    migrate.upgrade(empty_engine)
+    with empty_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO cvms (id, domain_id, name, provider, cc_platform, vcpus,"
+                " agent_log_level, agent_url, cvm_id, state, status, error,"
+                " monthly_cost_cents, price_table_version, attestation_token,"
+                " created_at, updated_at, request_digest, attempts)"
+                " VALUES ('c1', 'd', 'n', 'external', 'sev-snp', 2, 'info', '', '',"
+                " 'pending', 'starting', '', 0, '', '', :now, :now, '', 0)"
+            ),
+            {"now": "2026-01-01 00:00:00"},
+        )
+        connection.execute(
+            text("INSERT INTO cvm_stats (cvm_id, timestamp, status) VALUES ('c1', :now, true)"),
+            {"now": "2026-01-01 00:00:00"},
+        )
+        connection.execute(text("DELETE FROM cvms WHERE id = 'c1'"))
+        remaining = connection.execute(text("SELECT count(*) FROM cvm_stats")).scalar_one()
+    assert remaining == 0
