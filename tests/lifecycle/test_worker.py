@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -32,11 +33,28 @@ def provider() -> MemoryProvider:
     return MemoryProvider("aws")
 
 
+RuntimeFactory = Callable[..., Runtime]
+
+
 @pytest.fixture
-def rt(make_settings: Callable[..., Settings], provider: MemoryProvider) -> Runtime:
-    runtime = Runtime(make_settings(**FAST))
-    runtime.catalog = Catalog({"aws": CatalogEntry(default_configs()["aws"], provider)}, {})
-    return runtime
+def make_rt(make_settings: Callable[..., Settings]) -> Iterator[RuntimeFactory]:
+    """``make_rt(provider, **settings)``: a runtime whose only provider is ``provider``."""
+    made: list[Runtime] = []
+
+    def _make(provider: MemoryProvider, **overrides: Any) -> Runtime:
+        runtime = Runtime(make_settings(**{**FAST, **overrides}))
+        runtime.catalog = Catalog({"aws": CatalogEntry(default_configs()["aws"], provider)}, {})
+        made.append(runtime)
+        return runtime
+
+    yield _make
+    for runtime in made:
+        runtime.close()
+
+
+@pytest.fixture
+def rt(make_rt: RuntimeFactory, provider: MemoryProvider) -> Runtime:
+    return make_rt(provider)
 
 
 def _pending(rt: Runtime) -> str:
@@ -80,14 +98,13 @@ def test_pending_cvm_is_provisioned_once(rt: Runtime, provider: MemoryProvider) 
 
 
 def test_machine_still_creating_is_polled_until_running(
-    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+    make_rt: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prism_backends.lifecycle import reconciler
 
     monkeypatch.setattr(reconciler, "CREATION_POLL_SECONDS", 0.0)
     slow = MemoryProvider("aws", creating_polls=2)
-    rt = Runtime(make_settings(**FAST))
-    rt.catalog = Catalog({"aws": CatalogEntry(default_configs()["aws"], slow)}, {})
+    rt = make_rt(slow)
     cvm_id = _pending(rt)
     workers = LifecycleWorkers(rt.settings, rt.sessions, rt.catalog)
     assert workers.run_once()
@@ -113,10 +130,9 @@ def test_retryable_failures_back_off_then_succeed(rt: Runtime, provider: MemoryP
 
 
 def test_retryable_failures_give_up_after_the_configured_time(
-    make_settings: Callable[..., Settings], provider: MemoryProvider
+    make_rt: RuntimeFactory, provider: MemoryProvider
 ) -> None:
-    rt = Runtime(make_settings(**FAST, retry_give_up_seconds=0.001))
-    rt.catalog = Catalog({"aws": CatalogEntry(default_configs()["aws"], provider)}, {})
+    rt = make_rt(provider, retry_give_up_seconds=0.001)
     provider.create_failures = [RetryableProviderError("QuotaExceeded")] * 100
     cvm_id = _pending(rt)
     _drain(rt)

@@ -48,8 +48,26 @@ class CVM(Base):
     first_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
-        # Newest-first listing within a domain, the hot query.
-        Index("ix_cvms_domain_created", "domain_id", "created_at", "id"),
+        # Newest-first listing of a domain's live CVMs, the hot query. The
+        # filtered columns ride along so that counts are index-only on PostgreSQL.
+        Index(
+            "ix_cvms_domain_live_created",
+            "domain_id",
+            "created_at",
+            "id",
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+            postgresql_include=["status", "cc_platform", "name"],
+        ),
+        # Deleted CVMs (status=inactive) have an index of their own.
+        Index(
+            "ix_cvms_domain_deleted_created",
+            "domain_id",
+            "created_at",
+            "id",
+            sqlite_where=text("deleted_at IS NOT NULL"),
+            postgresql_where=text("deleted_at IS NOT NULL"),
+        ),
         # Names are unique among a domain's live CVMs only.
         Index(
             "uq_cvms_domain_live_name",

@@ -57,10 +57,21 @@ def add(session: Session, cvm: CVM) -> None:
 def list_page(
     session: Session, domain_id: str, filters: ListFilters, *, limit: int, offset: int
 ) -> tuple[list[CVM], int]:
-    """One page, newest first, and the count of every match."""
-    query = _filtered(select(CVM), domain_id, filters)
+    """One page, newest first, and the count of every match.
+
+    The page's ids are chosen first, from the index alone, and only those rows
+    are read whole: a deep offset then skips index entries, not table rows.
+    """
+    newest_first = (CVM.created_at.desc(), CVM.id.desc())
+    page_ids = (
+        _filtered(select(CVM.id), domain_id, filters)
+        .order_by(*newest_first)
+        .limit(limit)
+        .offset(offset)
+        .scalar_subquery()
+    )
     page = session.scalars(
-        query.order_by(CVM.created_at.desc(), CVM.id.desc()).limit(limit).offset(offset)
+        select(CVM).where(CVM.domain_id == domain_id, CVM.id.in_(page_ids)).order_by(*newest_first)
     ).all()
     total = session.scalar(_filtered(select(func.count()).select_from(CVM), domain_id, filters))
     return list(page), int(total or 0)

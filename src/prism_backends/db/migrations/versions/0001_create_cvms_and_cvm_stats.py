@@ -53,7 +53,19 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("cvms", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_cvms_domain_created", ["domain_id", "created_at", "id"], unique=False
+            "ix_cvms_domain_live_created",
+            ["domain_id", "created_at", "id"],
+            unique=False,
+            sqlite_where=sa.text("deleted_at IS NULL"),
+            postgresql_where=sa.text("deleted_at IS NULL"),
+            postgresql_include=["status", "cc_platform", "name"],
+        )
+        batch_op.create_index(
+            "ix_cvms_domain_deleted_created",
+            ["domain_id", "created_at", "id"],
+            unique=False,
+            sqlite_where=sa.text("deleted_at IS NOT NULL"),
+            postgresql_where=sa.text("deleted_at IS NOT NULL"),
         )
         batch_op.create_index(
             "ix_cvms_pending_work",
@@ -119,6 +131,7 @@ def downgrade() -> None:
             sqlite_where=sa.text("next_attempt_at IS NOT NULL"),
             postgresql_where=sa.text("next_attempt_at IS NOT NULL"),
         )
-        batch_op.drop_index("ix_cvms_domain_created")
+        batch_op.drop_index("ix_cvms_domain_deleted_created")
+        batch_op.drop_index("ix_cvms_domain_live_created")
 
     op.drop_table("cvms")

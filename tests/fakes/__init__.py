@@ -1,0 +1,1 @@
+"""Fake provider drivers for the tests (in-process and multi-process)."""
