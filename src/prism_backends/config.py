@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(1.0, gt=0, description="Idle wait between looks for work.")
     retry_base_seconds: float = Field(2.0, gt=0, description="First retry delay after a failure.")
     retry_max_seconds: float = Field(300.0, gt=0, description="Cap of the retry delay.")
+    sweep_seconds: float = Field(
+        300.0, gt=0, description="Interval of the sweep that removes machines no CVM owns."
+    )
     retry_give_up_seconds: float = Field(
         86400.0, gt=0, description="Retryable failures past this age mark the CVM failed."
     )

@@ -33,7 +33,7 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from prism_backends.providers.base import (
     Machine,
     MachineRequest,
     MachineState,
+    OwnedMachine,
     RetryableProviderError,
     TerminalProviderError,
 )
@@ -300,6 +301,13 @@ class LedgerProvider:
     def describe(self, cvm_id: str, provider_machine_id: str) -> Machine | None:
         with _store_errors_are_retryable():
             return self._describe(cvm_id, provider_machine_id)
+
+    def owned_machines(self) -> Iterable[OwnedMachine]:
+        with _store_errors_are_retryable():
+            return [
+                OwnedMachine(machine.key, machine.provider_machine_id)
+                for machine in self.ledger.live_machines()
+            ]
 
     def _create(self, request: MachineRequest) -> Machine:
         key = request.cvm_id

@@ -7,13 +7,14 @@ check that nothing was created twice and nothing was left behind.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prism_backends.providers.base import (
     Machine,
     MachineRequest,
     MachineState,
+    OwnedMachine,
     ProviderError,
 )
 from prism_backends.providers.config import ProviderConfig
@@ -95,6 +96,13 @@ class MemoryProvider:
     def describe(self, cvm_id: str, provider_machine_id: str) -> Machine | None:
         with self._lock:
             return self.ledger.live.get(cvm_id)
+
+    def owned_machines(self) -> Iterable[OwnedMachine]:
+        with self._lock:
+            return [
+                OwnedMachine(cvm_id, machine.provider_machine_id)
+                for cvm_id, machine in self.ledger.live.items()
+            ]
 
 
 # The instance a providers-directory TOML with

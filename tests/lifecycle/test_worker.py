@@ -214,3 +214,24 @@ def test_retry_delay_is_capped_exponential_with_jitter() -> None:
     assert max(retry_delay(1, base=1.0, cap=30.0, rng=rng) for _ in range(100)) <= 1.0
     assert len({round(d, 6) for d in delays}) > 150  # jittered, not lockstep
     assert retry_delay(10_000, base=1.0, cap=30.0, rng=rng) <= 30.0
+
+
+def test_sweep_removes_machines_no_live_cvm_owns(rt: Runtime, provider: MemoryProvider) -> None:
+    from prism_backends.cvms import repository
+    from prism_backends.lifecycle.sweeper import sweep
+    from prism_backends.providers.base import Machine, MachineState
+
+    kept = _pending(rt)
+    _drain(rt)
+    deleted = _pending(rt)
+    _drain(rt)
+    with unit_of_work(rt.sessions) as session:
+        assert repository.mark_deleted(session, "dom-1", deleted, utcnow())
+    _drain(rt)
+    # A stale worker resurrects the deleted CVM's machine; another belongs to no CVM.
+    provider.ledger.live[deleted] = Machine("i-stale", MachineState.RUNNING)
+    provider.ledger.live["no-such-cvm"] = Machine("i-stray", MachineState.RUNNING)
+    report = sweep(rt.catalog, rt.sessions)
+    assert (report.examined, report.removed, report.failed) == (3, 2, 0)
+    assert set(provider.ledger.live) == {kept}
+    assert sweep(rt.catalog, rt.sessions).removed == 0

@@ -99,3 +99,21 @@ def lock_if_owned(session: Session, *, cvm_id: str, owner: str) -> CVM | None:
     return session.scalars(
         select(CVM).where(CVM.id == cvm_id, CVM.lease_owner == owner).with_for_update()
     ).first()
+
+
+@dataclass(frozen=True, slots=True)
+class RowState:
+    state: str
+    work_pending: bool
+
+
+def row_states(session: Session, cvm_ids: list[str]) -> dict[str, RowState]:
+    """The lifecycle state of each of these CVMs (any domain), for the leak sweep."""
+    states: dict[str, RowState] = {}
+    for start in range(0, len(cvm_ids), 500):
+        chunk = cvm_ids[start : start + 500]
+        for cvm_id, state, next_attempt_at in session.execute(
+            select(CVM.id, CVM.state, CVM.next_attempt_at).where(CVM.id.in_(chunk))
+        ):
+            states[cvm_id] = RowState(state=state, work_pending=next_attempt_at is not None)
+    return states

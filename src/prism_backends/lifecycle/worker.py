@@ -20,7 +20,7 @@ from prism_backends.config import Settings
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
 from prism_backends.errors import StoreUnavailable
-from prism_backends.lifecycle import queue, reconciler
+from prism_backends.lifecycle import queue, reconciler, sweeper
 from prism_backends.lifecycle.backoff import retry_delay
 from prism_backends.providers.registry import Catalog
 
@@ -56,7 +56,10 @@ class LifecycleWorkers:
             thread = threading.Thread(target=self._run, name=f"lifecycle-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("lifecycle workers started: %s x%d", self._owner, len(self._threads))
+        sweeper = threading.Thread(target=self._sweep_loop, name="lifecycle-sweep", daemon=True)
+        sweeper.start()
+        self._threads.append(sweeper)
+        log.info("lifecycle workers started: %s x%d", self._owner, len(self._threads) - 1)
 
     def wake(self) -> None:
         """Look for work now instead of at the next poll."""
@@ -82,6 +85,21 @@ class LifecycleWorkers:
             if not worked:
                 self._wake.wait(self._settings.poll_seconds)
                 self._wake.clear()
+
+    def _sweep_loop(self) -> None:
+        interval = self._settings.sweep_seconds
+        # Spread the sweeps of many worker processes over the interval.
+        while not self._stop.wait(self._rng.uniform(0.5, 1.0) * interval):
+            try:
+                report = sweeper.sweep(self._catalog, self._sessions)
+            except StoreUnavailable:
+                log.warning("store unavailable; the sweep waits")
+                continue
+            except Exception:
+                log.exception("sweep failed")
+                continue
+            if report.removed or report.failed:
+                log.info("sweep: %s", report)
 
     def run_once(self) -> bool:
         """Claim one due CVM and converge it one step. False when none was due."""

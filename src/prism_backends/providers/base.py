@@ -8,7 +8,7 @@ mid-call can simply call again. Drivers translate their SDK's failures into
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -60,6 +60,14 @@ class Machine:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class OwnedMachine:
+    """A machine at the provider that carries our mark (tag, label, name prefix)."""
+
+    cvm_id: str
+    provider_machine_id: str
+
+
 @runtime_checkable
 class Provider(Protocol):
     """A place CVMs run. Implementations live one per module in this package."""
@@ -87,4 +95,8 @@ class Provider(Protocol):
 
     def describe(self, cvm_id: str, provider_machine_id: str) -> Machine | None:
         """The machine as the provider sees it now, or None when it does not exist."""
+        ...
+
+    def owned_machines(self) -> Iterable[OwnedMachine]:
+        """Every live machine this deployment created there, for the leak sweep."""
         ...

@@ -7,9 +7,9 @@ tenant's statement, informational only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from prism_backends.providers.base import Machine, MachineRequest, MachineState
+from prism_backends.providers.base import Machine, MachineRequest, MachineState, OwnedMachine
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError
 from prism_backends.vocabulary import Platform
 
@@ -48,6 +48,9 @@ class ExternalProvider:
         return Machine(
             provider_machine_id=provider_machine_id or cvm_id, state=MachineState.RUNNING
         )
+
+    def owned_machines(self) -> Iterable[OwnedMachine]:
+        return ()  # the tenant's machines are never ours to remove
 
 
 def make_external(config: ProviderConfig) -> ExternalProvider:

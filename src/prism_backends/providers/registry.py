@@ -42,6 +42,9 @@ class Catalog:
     def enabled_names(self) -> list[str]:
         return sorted(self._entries)
 
+    def entries(self) -> list[CatalogEntry]:
+        return [self._entries[name] for name in sorted(self._entries)]
+
     def get(self, name: str) -> CatalogEntry | None:
         return self._entries.get(name)
 
