@@ -30,7 +30,14 @@ from prism_backends.runtime import Runtime
 
 POSTGRES_ENV = "PRISM_BACKENDS_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-TABLES = ("cvm_stats", "cvms")
+TABLES = (
+    "agent_events",
+    "agent_sessions",
+    "agent_credentials",
+    "cvm_uptime_days",
+    "sampled_slots",
+    "cvms",
+)
 
 
 def postgres_base_url() -> str | None:

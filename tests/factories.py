@@ -11,6 +11,7 @@ from prism_backends.cvms.models import CVM
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
 from prism_backends.statistics import repository as stats
+from prism_backends.statistics.bitmap import slot_start
 from prism_backends.vocabulary import State, Status
 
 
@@ -60,7 +61,14 @@ def insert_cvm(
 
 
 def insert_samples(
-    sessions: sessionmaker[Session], cvm_id: str, samples: list[tuple[datetime, bool]]
+    sessions: sessionmaker[Session],
+    cvm_id: str,
+    samples: list[tuple[datetime, bool]],
+    interval_seconds: int = 300,
 ) -> None:
+    """Record samples as the sampler would, each in the slot its instant falls in."""
     with unit_of_work(sessions) as session:
-        stats.record(session, [(cvm_id, moment, up) for moment, up in samples])
+        for moment, up in samples:
+            stats.record_slot(
+                session, slot_start(moment, interval_seconds), interval_seconds, {cvm_id: up}
+            )

@@ -21,7 +21,15 @@ from prism_backends.db.engine import make_engine
 from prism_backends.db.metadata import metadata
 from tests.conftest import BACKENDS, POSTGRES_ENV, postgres_base_url
 
-TABLES = {"cvms", "cvm_stats"}
+TABLES = {
+    "cvms",
+    "cvm_uptime_days",
+    "sampled_slots",
+    "agent_credentials",
+    "agent_sessions",
+    "agent_events",
+}
+CVM_CHILDREN = ("cvm_uptime_days", "agent_credentials", "agent_sessions", "agent_events")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -118,9 +126,10 @@ def test_partial_indexes_have_the_models_conditions(empty_engine: Engine) -> Non
                 assert _predicate(actual) == _predicate(expected), index.name
 
 
-def test_stats_rows_go_with_their_cvm(empty_engine: Engine) -> None:
+@pytest.mark.parametrize("table", CVM_CHILDREN)
+def test_rows_about_a_cvm_go_with_it(empty_engine: Engine, table: str) -> None:
     migrate.upgrade(empty_engine)
-    (foreign_key,) = inspect(empty_engine).get_foreign_keys("cvm_stats")
+    (foreign_key,) = inspect(empty_engine).get_foreign_keys(table)
     assert foreign_key["referred_table"] == "cvms"
     assert foreign_key["constrained_columns"] == ["cvm_id"]
     assert foreign_key["options"].get("ondelete") == "CASCADE"
@@ -196,9 +205,12 @@ def test_the_store_is_usable_after_a_round_trip(empty_engine: Engine) -> None:
             {"now": "2026-01-01 00:00:00"},
         )
         connection.execute(
-            text("INSERT INTO cvm_stats (cvm_id, timestamp, status) VALUES ('c1', :now, true)"),
-            {"now": "2026-01-01 00:00:00"},
+            text(
+                "INSERT INTO cvm_uptime_days (cvm_id, day, interval_seconds, seen, up)"
+                " VALUES ('c1', :day, 300, :bits, :bits)"
+            ),
+            {"day": "2026-01-01", "bits": b"\x01"},
         )
         connection.execute(text("DELETE FROM cvms WHERE id = 'c1'"))
-        remaining = connection.execute(text("SELECT count(*) FROM cvm_stats")).scalar_one()
+        remaining = connection.execute(text("SELECT count(*) FROM cvm_uptime_days")).scalar_one()
     assert remaining == 0

@@ -210,12 +210,9 @@ def view_statistics(
         )
     samples = [
         StatSample(
-            id=str(sample.id),
-            cvm_id=sample.cvm_id,
-            timestamp=rfc3339(sample.timestamp),
-            status=sample.status,
+            id=sample_id, cvm_id=cvm_id, timestamp=rfc3339(sample.timestamp), status=sample.up
         )
-        for sample in page.samples
+        for sample_id, sample in page.samples
     ]
     return StatsOut(cvm_stats=samples, total=page.total, uptime=page.uptime)
 

@@ -25,6 +25,7 @@ from prism_backends.pricing.core import PriceTable
 from prism_backends.pricing.table import estimate_cents
 from prism_backends.providers.registry import Catalog, CatalogEntry
 from prism_backends.statistics import repository as stats_repository
+from prism_backends.statistics.bitmap import Sample, samples_of
 from prism_backends.vocabulary import (
     DOMAIN_ID_PATTERN,
     PROVIDER_NAMES,
@@ -314,7 +315,7 @@ def delete_cvm(principal: Principal, session: Session, *, domain_id: str, cvm_id
 
 @dataclass(frozen=True)
 class StatisticsPage:
-    samples: list[stats_repository.Sample]
+    samples: list[tuple[str, Sample]]  # (sample id, sample), newest first
     total: int
     uptime: float | None
 
@@ -336,11 +337,19 @@ def get_statistics(
     page_offset = _bounded_int(offset, "offset", 0, 0, None)
     cvm = _live_or_404(session, domain_id, cvm_id)
     since = utcnow() - timedelta(days=window_days)
-    samples = stats_repository.window(
-        session, domain_id, cvm.id, since=since, limit=page_limit, offset=page_offset
+    window = [
+        (f"{row.id}-{sample.index}", sample)
+        for row in stats_repository.days_since(session, domain_id, cvm.id, since.date())
+        for sample in samples_of(row.day, row.interval_seconds, row.seen, row.up)
+        if sample.timestamp >= since
+    ]
+    window.sort(key=lambda item: item[1].timestamp, reverse=True)
+    up = sum(1 for _, sample in window if sample.up)
+    return StatisticsPage(
+        samples=window[page_offset : page_offset + page_limit],
+        total=len(window),
+        uptime=(up / len(window)) if window else None,
     )
-    total, up = stats_repository.window_counts(session, domain_id, cvm.id, since=since)
-    return StatisticsPage(samples=samples, total=total, uptime=(up / total) if total else None)
 
 
 def get_attestation_policy(

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSession
 from prism_backends.cvms.models import CVM
 from prism_backends.db.base import Base
-from prism_backends.statistics.models import UptimeSample
+from prism_backends.statistics.models import SampledSlot, UptimeDay
 
 metadata = Base.metadata
 
-__all__ = ["CVM", "UptimeSample", "metadata"]
+__all__ = [
+    "CVM",
+    "AgentCredential",
+    "AgentEvent",
+    "AgentSession",
+    "SampledSlot",
+    "UptimeDay",
+    "metadata",
+]

@@ -1,66 +1,99 @@
-"""Queries on uptime samples; each is scoped by domain through the CVM."""
+"""Queries on uptime samples. Reads are scoped by domain through the CVM; the
+sampler's writes are system-wide by design (it samples every live CVM)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import date, datetime
 
-from sqlalchemy import ColumnElement, Integer, case, func, insert, select
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from prism_backends.cvms.models import CVM
-from prism_backends.statistics.models import UptimeSample
+from prism_backends.statistics.bitmap import bitmap_size, slot_index, with_sample
+from prism_backends.statistics.models import SampledSlot, UptimeDay
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    id: int
-    cvm_id: str
-    timestamp: datetime
-    status: bool
-
-
-def _in_domain(domain_id: str, cvm_id: str, since: datetime) -> tuple[ColumnElement[bool], ...]:
-    return (
-        UptimeSample.cvm_id == cvm_id,
-        UptimeSample.timestamp >= since,
-        UptimeSample.cvm_id.in_(select(CVM.id).where(CVM.domain_id == domain_id, CVM.id == cvm_id)),
+def days_since(session: Session, domain_id: str, cvm_id: str, first_day: date) -> list[UptimeDay]:
+    """The CVM's day rows from ``first_day`` on, newest first."""
+    in_domain = select(CVM.id).where(CVM.domain_id == domain_id, CVM.id == cvm_id)
+    return list(
+        session.scalars(
+            select(UptimeDay)
+            .where(
+                UptimeDay.cvm_id == cvm_id,
+                UptimeDay.cvm_id.in_(in_domain),
+                UptimeDay.day >= first_day,
+            )
+            .order_by(UptimeDay.day.desc(), UptimeDay.interval_seconds)
+        )
     )
 
 
-def window(
-    session: Session, domain_id: str, cvm_id: str, *, since: datetime, limit: int, offset: int
-) -> list[Sample]:
-    """Samples since ``since``, newest first."""
-    rows = session.execute(
-        select(UptimeSample.id, UptimeSample.cvm_id, UptimeSample.timestamp, UptimeSample.status)
-        .where(*_in_domain(domain_id, cvm_id, since))
-        .order_by(UptimeSample.timestamp.desc(), UptimeSample.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return [Sample(id=row[0], cvm_id=row[1], timestamp=row[2], status=row[3]) for row in rows]
+def claim_slot(session: Session, slot_at: datetime, owner: str, now: datetime) -> bool:
+    """True for the one process that gets to sample this instant."""
+    values = {"slot_at": slot_at, "sampled_by": owner, "sampled_at": now}
+    dialect = session.get_bind().dialect.name
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    result = session.execute(upsert(SampledSlot).values(**values).on_conflict_do_nothing())
+    return bool(getattr(result, "rowcount", 0))
 
 
-def window_counts(
-    session: Session, domain_id: str, cvm_id: str, *, since: datetime
-) -> tuple[int, int]:
-    """(samples, samples with the agent up) since ``since``."""
-    row = session.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(case((UptimeSample.status.is_(True), 1), else_=0)), 0).cast(
-                Integer
-            ),
-        ).where(*_in_domain(domain_id, cvm_id, since))
-    ).one()
-    return int(row[0]), int(row[1])
-
-
-def record(session: Session, samples: list[tuple[str, datetime, bool]]) -> None:
-    """Append samples (cvm id, instant, up); the sampler calls this."""
-    if samples:
-        session.execute(
-            insert(UptimeSample),
-            [{"cvm_id": c, "timestamp": t, "status": s} for c, t, s in samples],
+def record_slot(
+    session: Session, slot_at: datetime, interval_seconds: int, observations: Mapping[str, bool]
+) -> None:
+    """Set one slot's bit for each CVM (True: its agent was up)."""
+    if not observations:
+        return
+    day, index = slot_index(slot_at, interval_seconds)
+    empty = bytes(bitmap_size(interval_seconds))
+    cvm_ids = list(observations)
+    existing: dict[str, UptimeDay] = {}
+    for start in range(0, len(cvm_ids), 1000):
+        chunk = cvm_ids[start : start + 1000]
+        for row in session.scalars(
+            select(UptimeDay)
+            .where(
+                UptimeDay.cvm_id.in_(chunk),
+                UptimeDay.day == day,
+                UptimeDay.interval_seconds == interval_seconds,
+            )
+            .with_for_update()
+        ):
+            existing[row.cvm_id] = row
+    updates: list[dict[str, object]] = []
+    inserts: list[dict[str, object]] = []
+    for cvm_id, is_up in observations.items():
+        found = existing.get(cvm_id)
+        seen, up = with_sample(
+            found.seen if found else empty, found.up if found else empty, index, is_up
         )
+        if found is None:
+            inserts.append(
+                {
+                    "cvm_id": cvm_id,
+                    "day": day,
+                    "interval_seconds": interval_seconds,
+                    "seen": seen,
+                    "up": up,
+                }
+            )
+        else:
+            updates.append({"row_id": found.id, "seen": seen, "up": up})
+    table = UptimeDay.__table__
+    if inserts:
+        session.connection().execute(insert(UptimeDay), inserts)
+    if updates:
+        statement = (
+            update(UptimeDay)
+            .where(table.c.id == bindparam("row_id"))
+            .values(seen=bindparam("seen"), up=bindparam("up"))
+        )
+        session.connection().execute(statement, updates)
+
+
+def prune(session: Session, *, before_day: date, slots_before: datetime) -> None:
+    """Forget samples and slot claims past the retention."""
+    session.execute(delete(UptimeDay).where(UptimeDay.day < before_day))
+    session.execute(delete(SampledSlot).where(SampledSlot.slot_at < slots_before))

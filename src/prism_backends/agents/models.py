@@ -1,0 +1,65 @@
+"""What the service keeps about each CVM's agent: its credential, its live
+session (liveness with expiry, shared by every agents endpoint replica), and
+what it reported (logs, events, results)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from prism_backends.db.base import Base, UTCDateTime
+
+_BIGINT_ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+class AgentCredential(Base):
+    __tablename__ = "agent_credentials"
+
+    cvm_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("cvms.id", ondelete="CASCADE"), primary_key=True
+    )
+    serial: Mapped[str] = mapped_column(String(40), unique=True)  # hex, as in the certificate
+    cert_pem: Mapped[str] = mapped_column(Text)
+    sealed_key: Mapped[bytes] = mapped_column(LargeBinary)  # see agents/sealing.py
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class AgentSession(Base):
+    """One row while an agent's stream is open; it expires unless renewed."""
+
+    __tablename__ = "agent_sessions"
+
+    cvm_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("cvms.id", ondelete="CASCADE"), primary_key=True
+    )
+    replica: Mapped[str] = mapped_column(String(64))
+    connected_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # When the agent last answered a heartbeat; NULL until it first does.
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_agent_sessions_expires_at", "expires_at"),)
+
+
+class AgentEvent(Base):
+    """A log line, event, result or connection change reported for a CVM."""
+
+    __tablename__ = "agent_events"
+
+    id: Mapped[int] = mapped_column(_BIGINT_ID, primary_key=True, autoincrement=True)
+    cvm_id: Mapped[str] = mapped_column(String(36), ForeignKey("cvms.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    level: Mapped[str] = mapped_column(String(16), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    computation_id: Mapped[str] = mapped_column(String(255), default="")
+    details: Mapped[str] = mapped_column(Text, default="")  # JSON
+
+    __table_args__ = (
+        Index("ix_agent_events_cvm_id_id", "cvm_id", "id"),
+        Index("ix_agent_events_received_at", "received_at"),
+    )
