@@ -75,6 +75,42 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="Retryable failures past this age mark the CVM failed."
     )
 
+    # Agents endpoint.
+    agents_host: str = Field(
+        "127.0.0.1", description="Address the agents' gRPC endpoint listens on."
+    )
+    agents_port: int = Field(7018, ge=1, le=65535, description="Port of the agents' gRPC endpoint.")
+    agents_public_address: str | None = Field(
+        None,
+        description="host:port agents dial, put in their configuration. "
+        "Default: localhost:AGENTS_PORT.",
+    )
+    agents_server_names: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1"],
+        description="Names and addresses in the agents endpoint's TLS certificate "
+        "(the public address's host is always added).",
+    )
+    agents_ca_cert: Path | None = Field(
+        None, description="The agents CA's certificate (PEM). Default: one in DATA_DIR."
+    )
+    agents_ca_key: Path | None = Field(None, description="The agents CA's private key (PEM).")
+    agents_key_encryption_key: str | None = Field(
+        None,
+        description="Base64 of 32 bytes sealing agents' private keys at rest. "
+        "Default: a key file in DATA_DIR.",
+    )
+    agent_cert_days: int = Field(365, ge=1, description="Validity of a CVM's client certificate.")
+    heartbeat_seconds: float = Field(
+        10.0, gt=0, description="Interval of agentStateReq heartbeats on each agent's stream."
+    )
+    offline_after_seconds: float = Field(
+        30.0, gt=0, description="An agent not answering for this long is offline."
+    )
+    events_retention_days: int = Field(30, ge=1, description="Days of agent logs and events kept.")
+    events_per_cvm: int = Field(
+        10_000, ge=10, description="Most agent logs and events kept per CVM (oldest go first)."
+    )
+
     # Statistics.
     stats_retention_days: int = Field(90, ge=1, description="Days of uptime samples kept.")
     stats_interval_seconds: float = Field(300.0, gt=0, description="Uptime sampling interval.")
@@ -111,6 +147,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'prism-backends.db').resolve()}"
+
+    @property
+    def effective_agents_address(self) -> str:
+        return self.agents_public_address or f"localhost:{self.agents_port}"
+
+    @property
+    def effective_agents_server_names(self) -> list[str]:
+        host = self.effective_agents_address.rsplit(":", 1)[0].strip("[]")
+        names = list(self.agents_server_names)
+        return names if host in names else [host, *names]
 
     @property
     def effective_providers_dir(self) -> Path | None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from prism_backends.agents.pki import AgentCA, load_ca, load_or_create_ca
+from prism_backends.agents.sealing import Sealer, sealer_from
+from prism_backends.agents.service import CredentialIssuer
 from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.tokens import TokenVerifier, load_jwks_file
 from prism_backends.config import Settings
@@ -52,6 +56,25 @@ class Runtime:
             local_keys=local_keys,
             jwks=load_jwks_file(settings.jwks_file) if settings.jwks_file else None,
             jwks_url=settings.jwks_url,
+        )
+
+    @cached_property
+    def agent_ca(self) -> AgentCA:
+        settings = self.settings
+        if settings.agents_ca_cert is not None or settings.agents_ca_key is not None:
+            if settings.agents_ca_cert is None or settings.agents_ca_key is None:
+                raise ValueError("agents_ca_cert and agents_ca_key go together")
+            return load_ca(settings.agents_ca_cert, settings.agents_ca_key)
+        return load_or_create_ca(settings.data_dir)
+
+    @cached_property
+    def sealer(self) -> Sealer:
+        return sealer_from(self.settings.agents_key_encryption_key, self.settings.data_dir)
+
+    @cached_property
+    def credentials(self) -> CredentialIssuer:
+        return CredentialIssuer(
+            self.agent_ca, self.sealer, timedelta(days=self.settings.agent_cert_days)
         )
 
     def close(self) -> None:

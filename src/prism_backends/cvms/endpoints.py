@@ -3,7 +3,7 @@ function with the principal and the session, and returns a schema."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,13 +14,13 @@ from prism_backends.cvms.schemas import (
     CreateCVMRequest,
     CVMOut,
     CVMPage,
-    ErrorOut,
     StatSample,
     StatsOut,
     rfc3339,
 )
 from prism_backends.db.engine import unit_of_work
 from prism_backends.http.deps import PrincipalDep, RuntimeDep, read_body
+from prism_backends.http.responses import COMMON_ERRORS, error_responses
 
 router = APIRouter(tags=["cvms"])
 
@@ -32,23 +32,6 @@ DomainQuery = Annotated[
 CVMPath = Annotated[str, Path(description="The CVM's id (this service's).")]
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    descriptions = {
-        400: "Bad input; the message names the field.",
-        401: "Missing, malformed, expired or wrongly signed token.",
-        403: "The token grants no such right in this domain.",
-        404: "No such CVM in this domain.",
-        409: "Conflict; the message says why.",
-        413: "The body is larger than 64 KiB.",
-        415: "The body is not application/json.",
-        503: "The store is unavailable.",
-    }
-    return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
-
-
-_COMMON = (400, 401, 403, 503)
-
-
 @router.post(
     "/{domainID}/cvms/{provider}/{vcpu}/{cc_platform}",
     status_code=201,
@@ -57,7 +40,7 @@ _COMMON = (400, 401, 403, 503)
     responses={
         200: {"model": CVMOut, "description": "Idempotency-Key replay: the CVM created before."},
         201: {"description": "Recorded; provisioning goes on in the background."},
-        **_errors(*_COMMON, 409, 413, 415),
+        **error_responses(*COMMON_ERRORS, 409, 413, 415),
     },
     openapi_extra={
         "requestBody": {
@@ -85,6 +68,7 @@ def create_cvm(
             session,
             catalog=runtime.catalog,
             prices=runtime.prices,
+            credentials=runtime.credentials,
             domain_id=domain_id,
             provider_name=provider,
             vcpu=vcpu,
@@ -105,7 +89,7 @@ def create_cvm(
     "/{domainID}/cvms",
     response_model=CVMPage,
     summary="List CVMs",
-    responses=_errors(*_COMMON),
+    responses=error_responses(*COMMON_ERRORS),
 )
 def list_cvms(
     runtime: RuntimeDep,
@@ -142,7 +126,7 @@ def list_cvms(
     "/{domainID}/cvms/{id}",
     response_model=CVMOut,
     summary="View a CVM",
-    responses=_errors(*_COMMON, 404),
+    responses=error_responses(*COMMON_ERRORS, 404),
 )
 def view_cvm(
     runtime: RuntimeDep,
@@ -164,7 +148,7 @@ def view_cvm(
     summary="Delete a CVM",
     responses={
         204: {"description": "Deleted; teardown goes on in the background."},
-        **_errors(*_COMMON, 404),
+        **error_responses(*COMMON_ERRORS, 404),
     },
 )
 def delete_cvm(
@@ -184,7 +168,7 @@ def delete_cvm(
     "/{domainID}/cvms/{id}/statistics",
     response_model=StatsOut,
     summary="Uptime samples of a CVM, newest first",
-    responses=_errors(*_COMMON, 404),
+    responses=error_responses(*COMMON_ERRORS, 404),
 )
 def view_statistics(
     runtime: RuntimeDep,
@@ -221,7 +205,7 @@ def view_statistics(
     "/{domainID}/cvms/{id}/attestation_policy",
     response_model=AttestationPolicyOut,
     summary="The attestation policy clients verify this CVM against",
-    responses=_errors(*_COMMON, 404, 409),
+    responses=error_responses(*COMMON_ERRORS, 404, 409),
 )
 def view_attestation_policy(
     runtime: RuntimeDep,

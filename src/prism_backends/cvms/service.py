@@ -14,10 +14,13 @@ from datetime import datetime, timedelta
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from prism_backends.agents import repository as agents_repository
+from prism_backends.agents.service import CredentialIssuer
 from prism_backends.auth.permissions import Permission
 from prism_backends.auth.principal import Principal
 from prism_backends.cvms import repository
 from prism_backends.cvms.models import CVM
+from prism_backends.cvms.paging import bounded_int, parse_page
 from prism_backends.cvms.schemas import CreateCVMRequest
 from prism_backends.db.base import utcnow
 from prism_backends.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
@@ -34,8 +37,6 @@ from prism_backends.vocabulary import (
     Status,
     parse_platform,
 )
-
-MAX_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def create_cvm(
     *,
     catalog: Catalog,
     prices: PriceTable,
+    credentials: CredentialIssuer,
     domain_id: str,
     provider_name: str,
     vcpu: str,
@@ -118,6 +120,7 @@ def create_cvm(
         attempts=0,
     )
     repository.add(session, cvm)
+    credentials.issue(session, cvm_id=cvm_id, domain_id=domain_id, now=now)
     return CreateOutcome(cvm, created=True)
 
 
@@ -222,27 +225,6 @@ def _idempotent_replay(session: Session, domain_id: str, key: str, digest: str) 
     return existing
 
 
-def parse_page(
-    limit: str | None, offset: str | None, *, default_limit: int = 10
-) -> tuple[int, int]:
-    parsed_limit = _bounded_int(limit, "limit", default_limit, 1, MAX_PAGE)
-    parsed_offset = _bounded_int(offset, "offset", 0, 0, None)
-    return parsed_limit, parsed_offset
-
-
-def _bounded_int(raw: str | None, field: str, default: int, low: int, high: int | None) -> int:
-    if raw is None:
-        return default
-    text = raw.strip()
-    accepted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
-    if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 18:
-        raise BadRequest(f"must be {accepted}, got {raw!r}", field=field)
-    value = int(text)
-    if value < low or (high is not None and value > high):
-        raise BadRequest(f"must be {accepted}, got {value}", field=field)
-    return value
-
-
 def list_cvms(
     principal: Principal,
     session: Session,
@@ -291,7 +273,7 @@ def _parse_filter_platform(raw: str | None) -> Platform | None:
 def _parse_days(raw: str | None) -> datetime | None:
     if raw is None:
         return None
-    days = _bounded_int(raw, "days", 1, 1, 36500)
+    days = bounded_int(raw, "days", 1, 1, 36500)
     return utcnow() - timedelta(days=days)
 
 
@@ -309,8 +291,12 @@ def _live_or_404(session: Session, domain_id: str, cvm_id: str) -> CVM:
 
 def delete_cvm(principal: Principal, session: Session, *, domain_id: str, cvm_id: str) -> None:
     principal.require(domain_id, Permission.DELETE)
-    if not repository.mark_deleted(session, domain_id, cvm_id, utcnow()):
+    now = utcnow()
+    if not repository.mark_deleted(session, domain_id, cvm_id, now):
         raise NotFound(f"no CVM {cvm_id!r} in domain {domain_id!r}")
+    # Its agent is refused from now on; the endpoint holding its stream sends
+    # disconnectReq at its next heartbeat.
+    agents_repository.revoke(session, domain_id, cvm_id, now)
 
 
 @dataclass(frozen=True)
@@ -332,9 +318,9 @@ def get_statistics(
     retention_days: int,
 ) -> StatisticsPage:
     principal.require(domain_id, Permission.READ)
-    window_days = _bounded_int(days, "days", 1, 1, retention_days)
-    page_limit = _bounded_int(limit, "limit", 1000, 1, 10_000)
-    page_offset = _bounded_int(offset, "offset", 0, 0, None)
+    window_days = bounded_int(days, "days", 1, 1, retention_days)
+    page_limit = bounded_int(limit, "limit", 1000, 1, 10_000)
+    page_offset = bounded_int(offset, "offset", 0, 0, None)
     cvm = _live_or_404(session, domain_id, cvm_id)
     since = utcnow() - timedelta(days=window_days)
     window = [

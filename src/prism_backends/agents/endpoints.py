@@ -1,0 +1,72 @@
+"""Agent routes: the configuration an agent needs, and what agents reported."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from prism_backends.agents import service
+from prism_backends.agents.schemas import AgentConfigOut, EventOut, EventPage
+from prism_backends.cvms import service as cvms_service
+from prism_backends.db.engine import unit_of_work
+from prism_backends.http.deps import PrincipalDep, RuntimeDep
+from prism_backends.http.responses import COMMON_ERRORS, error_responses
+
+router = APIRouter(tags=["agents"])
+
+DomainQuery = Annotated[
+    str | None,
+    Query(alias="domainID", description="Optional; must equal the path's domain id."),
+]
+
+
+@router.get(
+    "/{domainID}/cvms/{id}/agent_config",
+    response_model=AgentConfigOut,
+    summary="Everything an agent needs to connect (needs cvms:create: it holds a private key)",
+    responses=error_responses(*COMMON_ERRORS, 404, 409),
+)
+def view_agent_config(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    domain_query: DomainQuery = None,
+) -> AgentConfigOut:
+    cvms_service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        config = service.agent_config(
+            principal,
+            session,
+            ca=runtime.agent_ca,
+            sealer=runtime.sealer,
+            domain_id=domain_id,
+            cvm_id=cvm_id,
+            agents_address=runtime.settings.effective_agents_address,
+        )
+    return AgentConfigOut(**config.__dict__)
+
+
+@router.get(
+    "/{domainID}/cvms/{id}/events",
+    response_model=EventPage,
+    summary="The agent's logs and events, newest first",
+    responses=error_responses(*COMMON_ERRORS, 404),
+)
+def list_events(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    domain_query: DomainQuery = None,
+    limit: Annotated[str | None, Query(description="1-100, default 10.")] = None,
+    offset: Annotated[str | None, Query(description=">= 0, default 0.")] = None,
+) -> EventPage:
+    cvms_service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        rows, total, page_limit, page_offset = service.list_events(
+            principal, session, domain_id=domain_id, cvm_id=cvm_id, limit=limit, offset=offset
+        )
+        events = [EventOut.of(row) for row in rows]
+    return EventPage(events=events, total=total, limit=page_limit, offset=page_offset)

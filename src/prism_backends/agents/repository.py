@@ -1,0 +1,213 @@
+"""Queries about agents. Reads a tenant can make take the domain id; the
+agents endpoint's own queries find a CVM by the certificate it presented,
+before any domain is known, and are marked system-scoped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSession
+from prism_backends.cvms.models import CVM
+from prism_backends.vocabulary import State, Status
+
+
+def add_credential(session: Session, credential: AgentCredential) -> None:
+    session.add(credential)
+
+
+def revoke(session: Session, domain_id: str, cvm_id: str, now: datetime) -> None:
+    in_domain = select(CVM.id).where(CVM.domain_id == domain_id, CVM.id == cvm_id)
+    session.execute(
+        update(AgentCredential)
+        .where(AgentCredential.cvm_id.in_(in_domain), AgentCredential.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def credential_of(session: Session, domain_id: str, cvm_id: str) -> AgentCredential | None:
+    return session.scalars(
+        select(AgentCredential)
+        .join(CVM, CVM.id == AgentCredential.cvm_id)
+        .where(CVM.domain_id == domain_id, CVM.id == cvm_id)
+    ).first()
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """What the agents endpoint learns from a client certificate's serial."""
+
+    cvm_id: str
+    domain_id: str
+    revoked: bool
+    deleted: bool
+
+
+def presented(session: Session, serial: str) -> Presented | None:
+    """System-scoped: the CVM a certificate serial was issued to."""
+    row = session.execute(
+        select(AgentCredential.cvm_id, CVM.domain_id, AgentCredential.revoked_at, CVM.deleted_at)
+        .join(CVM, CVM.id == AgentCredential.cvm_id)
+        .where(AgentCredential.serial == serial)
+    ).first()
+    if row is None:
+        return None
+    return Presented(
+        cvm_id=row[0], domain_id=row[1], revoked=row[2] is not None, deleted=row[3] is not None
+    )
+
+
+# --- sessions (system-scoped: the agents endpoint's bookkeeping) ---------------------
+
+
+def open_session(
+    session: Session, cvm_id: str, replica: str, now: datetime, expires_at: datetime
+) -> None:
+    """Record a new stream; a newer stream replaces an older one's row."""
+    session.execute(delete(AgentSession).where(AgentSession.cvm_id == cvm_id))
+    session.add(
+        AgentSession(
+            cvm_id=cvm_id,
+            replica=replica,
+            connected_at=now,
+            last_seen_at=None,
+            expires_at=expires_at,
+        )
+    )
+
+
+def renew_sessions(
+    session: Session, replica: str, cvm_ids: Sequence[str], expires_at: datetime
+) -> None:
+    """Keep this replica's open streams alive (their agents may be slow to answer)."""
+    for chunk in _chunks(cvm_ids):
+        session.execute(
+            update(AgentSession)
+            .where(AgentSession.cvm_id.in_(chunk), AgentSession.replica == replica)
+            .values(expires_at=expires_at)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def mark_answered(session: Session, replica: str, cvm_ids: Sequence[str], now: datetime) -> None:
+    """These agents answered a heartbeat: they are running."""
+    for chunk in _chunks(cvm_ids):
+        session.execute(
+            update(AgentSession)
+            .where(AgentSession.cvm_id.in_(chunk), AgentSession.replica == replica)
+            .values(last_seen_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            update(CVM)
+            .where(CVM.id.in_(chunk), CVM.deleted_at.is_(None), CVM.status != Status.RUNNING.value)
+            .values(status=Status.RUNNING.value, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def close_session(session: Session, cvm_id: str, replica: str, now: datetime) -> None:
+    """The stream ended: the CVM is offline unless another stream took over."""
+    result = session.execute(
+        delete(AgentSession).where(AgentSession.cvm_id == cvm_id, AgentSession.replica == replica)
+    )
+    if getattr(result, "rowcount", 0):
+        _mark_offline(session, [cvm_id], now)
+
+
+def expire_sessions(session: Session, now: datetime, silent_since: datetime) -> list[str]:
+    """Sessions whose replica stopped renewing (it crashed), or whose agent
+    stopped answering: remove the former, and mark both offline."""
+    crashed = list(
+        session.scalars(select(AgentSession.cvm_id).where(AgentSession.expires_at < now))
+    )
+    for chunk in _chunks(crashed):
+        session.execute(delete(AgentSession).where(AgentSession.cvm_id.in_(chunk)))
+    silent = list(
+        session.scalars(
+            select(AgentSession.cvm_id).where(
+                func.coalesce(AgentSession.last_seen_at, AgentSession.connected_at) < silent_since
+            )
+        )
+    )
+    _mark_offline(session, crashed + silent, now)
+    return crashed + silent
+
+
+def _mark_offline(session: Session, cvm_ids: Sequence[str], now: datetime) -> None:
+    for chunk in _chunks(cvm_ids):
+        session.execute(
+            update(CVM)
+            .where(CVM.id.in_(chunk), CVM.status == Status.RUNNING.value)
+            .values(status=Status.OFFLINE.value, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def deleted_among(session: Session, cvm_ids: Sequence[str]) -> set[str]:
+    """System-scoped: which of these CVMs were deleted (their agents must go)."""
+    gone: set[str] = set()
+    for chunk in _chunks(cvm_ids):
+        gone.update(
+            session.scalars(select(CVM.id).where(CVM.id.in_(chunk), CVM.deleted_at.is_not(None)))
+        )
+    return gone
+
+
+def live_statuses(session: Session) -> dict[str, bool]:
+    """System-scoped, for the sampler: every provisioned live CVM, and whether it is up."""
+    rows = session.execute(
+        select(CVM.id, CVM.status).where(
+            CVM.deleted_at.is_(None), CVM.state == State.PROVISIONED.value
+        )
+    )
+    return {cvm_id: status == Status.RUNNING.value for cvm_id, status in rows}
+
+
+# --- events -----------------------------------------------------------------------
+
+
+def add_events(session: Session, events: Sequence[dict[str, object]]) -> None:
+    if events:
+        session.connection().execute(insert(AgentEvent), list(events))
+
+
+def events_page(
+    session: Session, domain_id: str, cvm_id: str, *, limit: int, offset: int
+) -> tuple[list[AgentEvent], int]:
+    in_domain = select(CVM.id).where(CVM.domain_id == domain_id, CVM.id == cvm_id)
+    scope = (AgentEvent.cvm_id == cvm_id, AgentEvent.cvm_id.in_(in_domain))
+    rows = session.scalars(
+        select(AgentEvent).where(*scope).order_by(AgentEvent.id.desc()).limit(limit).offset(offset)
+    ).all()
+    total = session.scalar(select(func.count()).select_from(AgentEvent).where(*scope))
+    return list(rows), int(total or 0)
+
+
+def prune_events(session: Session, *, received_before: datetime, keep_per_cvm: int) -> None:
+    """Forget events past the retention, and each CVM's oldest beyond its bound."""
+    session.execute(delete(AgentEvent).where(AgentEvent.received_at < received_before))
+    crowded = session.execute(
+        select(AgentEvent.cvm_id).group_by(AgentEvent.cvm_id).having(func.count() > keep_per_cvm)
+    ).scalars()
+    for cvm_id in list(crowded):
+        cutoff = session.scalar(
+            select(AgentEvent.id)
+            .where(AgentEvent.cvm_id == cvm_id)
+            .order_by(AgentEvent.id.desc())
+            .offset(keep_per_cvm - 1)
+            .limit(1)
+        )
+        if cutoff is not None:
+            session.execute(
+                delete(AgentEvent).where(AgentEvent.cvm_id == cvm_id, AgentEvent.id < cutoff)
+            )
+
+
+def _chunks(items: Sequence[str], size: int = 1000) -> list[Sequence[str]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]

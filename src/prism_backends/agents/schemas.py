@@ -1,0 +1,57 @@
+"""Wire shapes of the agent routes."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, Field
+
+from prism_backends.agents.models import AgentEvent
+from prism_backends.cvms.schemas import rfc3339
+
+
+class AgentConfigOut(BaseModel):
+    cvm_id: str
+    agents_address: str = Field(description="host:port of the agents' gRPC endpoint (mTLS).")
+    server_name: str = Field(description="The name to verify in the endpoint's certificate.")
+    ca_cert: str = Field(description="PEM of the CA that signed the endpoint and this agent.")
+    client_cert: str = Field(description="PEM of this CVM's client certificate.")
+    client_key: str = Field(description="PEM of its private key: keep it secret.")
+    log_level: str
+
+
+class EventOut(BaseModel):
+    id: str
+    cvm_id: str
+    kind: str = Field(
+        description="log, event, run_result, stop_result, state, attestation, "
+        "azure_token, connected or disconnected."
+    )
+    timestamp: str = Field(description="When the agent says it happened.")
+    received_at: str
+    level: str
+    message: str
+    computation_id: str
+    details: dict[str, object]
+
+    @classmethod
+    def of(cls, event: AgentEvent) -> EventOut:
+        details = json.loads(event.details) if event.details else {}
+        return cls(
+            id=str(event.id),
+            cvm_id=event.cvm_id,
+            kind=event.kind,
+            timestamp=rfc3339(event.occurred_at),
+            received_at=rfc3339(event.received_at),
+            level=event.level,
+            message=event.message,
+            computation_id=event.computation_id,
+            details=details if isinstance(details, dict) else {"value": details},
+        )
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    total: int
+    limit: int
+    offset: int
