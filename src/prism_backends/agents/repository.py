@@ -211,3 +211,21 @@ def prune_events(session: Session, *, received_before: datetime, keep_per_cvm: i
 
 def _chunks(items: Sequence[str], size: int = 1000) -> list[Sequence[str]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def store_evidence(
+    session: Session, cvm_id: str, *, report: bytes | None = None, token: str | None = None
+) -> None:
+    """System-scoped (the CVM is known from its certificate): keep the latest evidence."""
+    values: dict[str, object] = {}
+    if report is not None:
+        values["attestation"] = report
+    if token is not None:
+        values["attestation_token"] = token
+    if values:
+        session.execute(
+            update(CVM)
+            .where(CVM.id == cvm_id, CVM.deleted_at.is_(None))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
+from prism_backends.agent import config as agent_config
+from prism_backends.agent.client import Agent
+from prism_backends.agents.runner import AgentsThread, serve_forever
 from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.permissions import Role
 from prism_backends.auth.tokens import issue_token
@@ -28,6 +33,7 @@ from prism_backends.db import migrate as migrations
 from prism_backends.http.app import create_app
 from prism_backends.lifecycle.worker import LifecycleWorkers
 from prism_backends.runtime import Runtime
+from prism_backends.statistics.sampler import Sampler
 from prism_backends.vocabulary import DOMAIN_ID_PATTERN
 
 log = logging.getLogger("prism_backends")
@@ -54,6 +60,16 @@ PortOpt = Annotated[
     int | None,
     typer.Option(
         "--port", help="HTTP port [env: PRISM_BACKENDS_PORT; default: 9011].", show_default=False
+    ),
+]
+
+
+AgentsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--agents-port",
+        help="Port of the agents' gRPC endpoint [env: PRISM_BACKENDS_AGENTS_PORT; default: 7018].",
+        show_default=False,
     ),
 ]
 
@@ -102,15 +118,18 @@ def serve(
     config: ConfigOpt = None,
     host: HostOpt = None,
     port: PortOpt = None,
+    agents_port: AgentsPortOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
-    """Run everything in one process: migrate the store, then the HTTP API and the workers."""
+    """Run everything in one process: migrate the store, then the HTTP API, the agents'
+    endpoint, the lifecycle workers and the uptime sampler."""
     settings = settings_from(
         config,
         host=host,
         port=port,
+        agents_port=agents_port,
         data_dir=data_dir,
         database_url=database_url,
         log_level=log_level,
@@ -118,10 +137,21 @@ def serve(
     runtime = _runtime(settings)
     _migrate_or_exit(runtime)
     workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog)
+    sampler = Sampler(settings, runtime.sessions)
+    agents = AgentsThread(settings, runtime.sessions, runtime.agent_ca)
+    try:
+        agents.start()
+    except Exception as exc:
+        typer.echo(f"error: the agents endpoint cannot start: {exc}", err=True)
+        runtime.close()
+        raise typer.Exit(1) from None
     workers.start()
+    sampler.start()
     try:
         _serve_http(runtime)
     finally:
+        agents.stop()
+        sampler.stop()
         workers.stop()
         runtime.close()
 
@@ -184,6 +214,7 @@ def worker(
         runtime.close()
         raise
     workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog)
+    sampler = Sampler(settings, runtime.sessions)
     stopping = threading.Event()
 
     def _on_signal(_signum: int, _frame: object) -> None:
@@ -192,11 +223,71 @@ def worker(
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     workers.start()
+    sampler.start()
     while not stopping.wait(1.0):
         pass
     log.info("stopping lifecycle workers")
+    sampler.stop()
     workers.stop()
     runtime.close()
+
+
+@app.command()
+def agents(
+    config: ConfigOpt = None,
+    agents_port: AgentsPortOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run only the agents' gRPC endpoint (run several replicas, on PostgreSQL)."""
+    settings = settings_from(
+        config,
+        agents_port=agents_port,
+        data_dir=data_dir,
+        database_url=database_url,
+        log_level=log_level,
+    )
+    runtime = _runtime(settings)
+    try:
+        _require_current_schema(runtime)
+        sampler = Sampler(settings, runtime.sessions)
+        sampler.start()
+        try:
+            asyncio.run(serve_forever(settings, runtime.sessions, runtime.agent_ca))
+        finally:
+            sampler.stop()
+    finally:
+        runtime.close()
+
+
+@app.command()
+def agent(
+    config_file: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            help="The JSON of GET .../cvms/{id}/agent_config, saved as is.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            "--log-level", help="Override the configuration's log level.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Run the reference agent of a CVM: connect, stay connected, send evidence."""
+    try:
+        settings = agent_config.load(config_file)
+    except agent_config.AgentConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    level = (log_level or settings.log_level).lower()
+    setup_logging({"warn": "warning"}.get(level, level))
+    raise typer.Exit(asyncio.run(Agent(settings).run()))
 
 
 @app.command()

@@ -1,0 +1,48 @@
+"""Running the agents endpoint: on its own event loop in a thread (inside
+``serve``), or as the main loop of the ``agents`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from concurrent.futures import Future
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from prism_backends.agents.pki import AgentCA
+from prism_backends.agents.server import AgentsEndpoint
+from prism_backends.config import Settings
+
+
+class AgentsThread:
+    """The endpoint on a private event loop, so it can live beside uvicorn's."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], ca: AgentCA) -> None:
+        self.endpoint = AgentsEndpoint(settings, sessions, ca)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agents", daemon=True)
+
+    def start(self) -> int:
+        self._thread.start()
+        started: Future[int] = asyncio.run_coroutine_threadsafe(self.endpoint.start(), self._loop)
+        return started.result(timeout=30)
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self.endpoint.stop(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+async def serve_forever(settings: Settings, sessions: sessionmaker[Session], ca: AgentCA) -> None:
+    """The ``agents`` command: until SIGINT or SIGTERM."""
+    endpoint = AgentsEndpoint(settings, sessions, ca)
+    await endpoint.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    await endpoint.stop()

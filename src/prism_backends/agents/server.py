@@ -1,0 +1,249 @@
+"""The agents' gRPC endpoint: Cocos' ``cvms.Service/Process`` over mutual TLS.
+
+An agent is identified by the client certificate this service issued to its
+CVM (subject CN = CVM id); ``job-id`` metadata, when sent, must name the same
+CVM. Revoked certificates and deleted CVMs are refused before anything is
+recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from sqlalchemy.orm import Session, sessionmaker
+
+from prism_backends.agents import repository
+from prism_backends.agents.hub import Connection, Hub
+from prism_backends.agents.pki import AgentCA, load_or_create_server_credentials
+from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
+from prism_backends.config import Settings
+from prism_backends.db.engine import unit_of_work
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    cvm_id: str
+    domain_id: str
+
+
+def replica_identity() -> str:
+    return f"agents:{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def identify(pem: bytes | None, job_id: str | None, sessions: sessionmaker[Session]) -> Identity:
+    """The CVM behind a presented client certificate, or Refused."""
+    if not pem:
+        raise Refused(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+    cert = x509.load_pem_x509_certificate(pem)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(names[0].value) if names else ""
+    with unit_of_work(sessions) as session:
+        found = repository.presented(session, format(cert.serial_number, "x"))
+    if found is None or found.cvm_id != common_name:
+        raise Refused(grpc.StatusCode.UNAUTHENTICATED, "this certificate was not issued to a CVM")
+    if found.revoked or found.deleted:
+        raise Refused(grpc.StatusCode.UNAUTHENTICATED, "this certificate has been revoked")
+    if cert.not_valid_after_utc < datetime.now(UTC):
+        raise Refused(grpc.StatusCode.UNAUTHENTICATED, "this certificate has expired")
+    if job_id is not None and job_id != found.cvm_id:
+        raise Refused(grpc.StatusCode.PERMISSION_DENIED, "the job-id metadata names another CVM")
+    return Identity(cvm_id=found.cvm_id, domain_id=found.domain_id)
+
+
+class AgentService(cvms_pb2_grpc.ServiceServicer):
+    def __init__(self, hub: Hub, sessions: sessionmaker[Session]) -> None:
+        self._hub = hub
+        self._sessions = sessions
+
+    async def Process(  # noqa: N802 - the name is the protocol's
+        self,
+        request_iterator: AsyncIterator[cvms_pb2.ClientStreamMessage],
+        context: grpc.aio.ServicerContext[
+            cvms_pb2.ClientStreamMessage, cvms_pb2.ServerStreamMessage
+        ],
+    ) -> AsyncIterator[cvms_pb2.ServerStreamMessage]:
+        identity = await self._authenticate(context)
+        connection = Connection(identity.cvm_id)
+        await self._hub.attach(connection)
+        reader = asyncio.create_task(self._read(connection, request_iterator))
+        try:
+            while True:
+                outgoing = asyncio.ensure_future(connection.outbox.get())
+                done, _ = await asyncio.wait(
+                    {outgoing, reader}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if outgoing not in done:
+                    outgoing.cancel()
+                    return
+                message = outgoing.result()
+                yield message
+                if message.HasField("disconnectReq"):
+                    return
+        finally:
+            reader.cancel()
+            await self._hub.detach(connection)
+
+    async def _authenticate(
+        self,
+        context: grpc.aio.ServicerContext[
+            cvms_pb2.ClientStreamMessage, cvms_pb2.ServerStreamMessage
+        ],
+    ) -> Identity:
+        certificates = list(context.auth_context().get("x509_pem_cert", []))
+        pem = certificates[0] if certificates else None
+        job_ids = [value for key, value in context.invocation_metadata() or () if key == "job-id"]
+        job_id = str(job_ids[0]) if job_ids else None
+        try:
+            return await asyncio.to_thread(identify, pem, job_id, self._sessions)
+        except Refused as refused:
+            log.info("agent refused: %s", refused.reason)
+            await context.abort(refused.code, refused.reason)
+            raise  # abort raises; this keeps the type checker informed
+
+    async def _read(
+        self, connection: Connection, messages: AsyncIterator[cvms_pb2.ClientStreamMessage]
+    ) -> None:
+        async for message in messages:
+            try:
+                await self._handle(connection, message)
+            except Exception:
+                log.exception("agent %s: message not handled", connection.cvm_id)
+
+    async def _handle(self, connection: Connection, message: cvms_pb2.ClientStreamMessage) -> None:
+        hub, cvm_id = self._hub, connection.cvm_id
+        kind = message.WhichOneof("message")
+        if kind == "agentStateRes":
+            hub.answered(connection, message.agentStateRes.state)
+        elif kind == "agent_log":
+            entry = message.agent_log
+            hub.record(
+                cvm_id,
+                "log",
+                occurred_at=_when(entry),
+                level=entry.level,
+                message=entry.message,
+                computation_id=entry.computation_id,
+            )
+        elif kind == "agent_event":
+            event = message.agent_event
+            hub.record(
+                cvm_id,
+                "event",
+                occurred_at=_when(event),
+                message=event.event_type,
+                computation_id=event.computation_id,
+                details={
+                    "status": event.status,
+                    "originator": event.originator,
+                    "details": event.details.decode("utf-8", "replace"),
+                },
+            )
+        elif kind == "run_res":
+            result = message.run_res
+            hub.record(
+                cvm_id,
+                "run_result",
+                computation_id=result.computation_id,
+                level="error" if result.error else "info",
+                message=result.error,
+            )
+        elif kind == "stopComputationRes":
+            stopped = message.stopComputationRes
+            hub.record(
+                cvm_id,
+                "stop_result",
+                computation_id=stopped.computation_id,
+                message=stopped.message,
+            )
+        elif kind == "vTPMattestationReport":
+            report = message.vTPMattestationReport
+            await hub.store_evidence(cvm_id, report=report.file)
+            hub.record(
+                cvm_id,
+                "attestation",
+                message=f"evidence received ({len(report.file)} bytes)",
+                details={"cert_serial_number": report.certSerialNumber},
+            )
+        elif kind == "azureAttestationToken":
+            token = message.azureAttestationToken
+            await hub.store_evidence(cvm_id, token=token.file)
+            hub.record(
+                cvm_id,
+                "azure_token",
+                message="Azure attestation token received",
+                details={"cert_serial_number": token.certSerialNumber},
+            )
+
+
+def _when(message: cvms_pb2.AgentLog | cvms_pb2.AgentEvent) -> datetime | None:
+    if not message.HasField("timestamp"):
+        return None
+    return message.timestamp.ToDatetime(tzinfo=UTC)
+
+
+class AgentsEndpoint:
+    """The gRPC server and its hub, started and stopped together."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], ca: AgentCA) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._ca = ca
+        self.hub = Hub(
+            sessions,
+            replica=replica_identity(),
+            heartbeat_seconds=settings.heartbeat_seconds,
+            session_ttl_seconds=max(3 * settings.heartbeat_seconds, settings.offline_after_seconds),
+        )
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        settings = self._settings
+        chain, key = load_or_create_server_credentials(
+            settings.data_dir, self._ca, settings.effective_agents_server_names
+        )
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=self._ca.cert_pem, require_client_auth=True
+        )
+        server = grpc.aio.server(
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        cvms_pb2_grpc.add_ServiceServicer_to_server(AgentService(self.hub, self._sessions), server)
+        self.port = server.add_secure_port(
+            f"{settings.agents_host}:{settings.agents_port}", credentials
+        )
+        await server.start()
+        self._server = server
+        self.hub.start()
+        log.info("agents endpoint on %s:%d (mTLS)", settings.agents_host, self.port)
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        # No disconnectReq here: that tells an agent to exit, and it should
+        # rather reconnect when this endpoint (or another replica) is back.
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.hub.stop()
