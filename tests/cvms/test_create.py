@@ -78,7 +78,7 @@ def test_platform_the_provider_does_not_offer_is_rejected(
     assert "does not offer tdx" in reply.json()["message"]
 
 
-@pytest.mark.parametrize("vcpu", ["0", "-2", "two", "2.5", "1e3", "3"])
+@pytest.mark.parametrize("vcpu", ["0", "-2", "two", "2.5", "1e3", "3", "٣", "7" * 4301])
 def test_vcpu_not_offered_lists_the_allowed_counts(
     aws: MemoryProvider, create: CreateFn, vcpu: str
 ) -> None:
@@ -124,6 +124,8 @@ def test_json_with_charset_is_accepted(client: TestClient, token: TokenFactory) 
         ({"name": "x" * 256}, "name"),
         ({"name": 7}, "name"),
         ({"name": "x", "agent_log_level": "verbose"}, "agent_log_level"),
+        ({"name": "nul\u0000"}, "name"),
+        ({"name": "x", "agent_url": "https://a\u0000"}, "agent_url"),
         ([], "body"),
     ],
 )
@@ -197,3 +199,16 @@ def test_external_is_provisioned_at_once(create: CreateFn) -> None:
     cvm = create().json()
     assert (cvm["state"], cvm["status"]) == ("provisioned", "starting")
     assert cvm["cvm_id"] == cvm["id"]
+
+
+def test_trailing_slash_is_not_redirected(client: TestClient, token: TokenFactory) -> None:
+    reply = client.post(
+        "/backends/dom-1/cvms/external/2/sev-snp%2F",
+        json={"name": "slash"},
+        headers=auth(token()),
+        follow_redirects=False,
+    )
+    assert reply.status_code == 404
+    assert reply.json()["error"] == "not_found"
+    listed = client.get("/backends/dom-1/cvms/", headers=auth(token()), follow_redirects=False)
+    assert listed.status_code == 404

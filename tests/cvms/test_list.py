@@ -53,6 +53,9 @@ def test_defaults_newest_first_and_total_counts_every_match(
         ("?days=0", "days"),
         ("?days=-3", "days"),
         ("?days=x", "days"),
+        ("?limit=--1", "limit"),
+        ("?offset=" + "9" * 40, "offset"),
+        ("?name=%00", "name"),
     ],
 )
 def test_out_of_range_query_is_400_naming_it(

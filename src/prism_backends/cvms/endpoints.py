@@ -45,7 +45,13 @@ CVMPath = Annotated[str, Path(description="The CVM's id (this service's).")]
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": CreateCVMRequest.model_json_schema()}},
+            "content": {
+                "application/json": {
+                    "schema": CreateCVMRequest.model_json_schema(
+                        ref_template="#/components/schemas/{model}"
+                    )
+                }
+            },
         }
     },
 )

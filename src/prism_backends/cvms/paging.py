@@ -3,9 +3,12 @@ that name the parameter and say what is accepted."""
 
 from __future__ import annotations
 
+import re
+
 from prism_backends.errors import BadRequest
 
 MAX_PAGE = 100
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 def parse_page(
@@ -21,7 +24,7 @@ def bounded_int(raw: str | None, field: str, default: int, low: int, high: int |
         return default
     text = raw.strip()
     accepted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
-    if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 18:
+    if not _INTEGER.fullmatch(text):
         raise BadRequest(f"must be {accepted}, got {raw!r}", field=field)
     value = int(text)
     if value < low or (high is not None and value > high):

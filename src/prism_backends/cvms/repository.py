@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -23,8 +24,19 @@ class ListFilters:
     created_after: datetime | None = None
 
 
+# Our ids are UUIDs: anything else names no CVM and never reaches a query
+# (PostgreSQL refuses some strings outright, such as those with NUL).
+_CVM_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_cvm_id(value: str) -> bool:
+    return _CVM_ID.fullmatch(value) is not None
+
+
 def get_live(session: Session, domain_id: str, cvm_id: str) -> CVM | None:
     """A CVM that has not been deleted, in this domain only."""
+    if not is_cvm_id(cvm_id):
+        return None
     return session.scalars(
         select(CVM).where(CVM.domain_id == domain_id, CVM.id == cvm_id, CVM.deleted_at.is_(None))
     ).first()
@@ -100,6 +112,8 @@ def _filtered(query: _Query, domain_id: str, filters: ListFilters) -> _Query:
 
 def mark_deleted(session: Session, domain_id: str, cvm_id: str, now: datetime) -> bool:
     """Record the intent to delete; teardown is the workers' job. False if not live."""
+    if not is_cvm_id(cvm_id):
+        return False
     result = session.execute(
         update(CVM)
         .where(CVM.domain_id == domain_id, CVM.id == cvm_id, CVM.deleted_at.is_(None))

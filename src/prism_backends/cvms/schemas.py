@@ -40,6 +40,15 @@ class CreateCVMRequest(BaseModel):
         value = value.strip()
         if not 1 <= len(value) <= 255:
             raise ValueError("must be 1-255 characters after trimming")
+        if not value.isprintable():
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("agent_url")
+    @classmethod
+    def _printable_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("must not contain control characters")
         return value
 
 

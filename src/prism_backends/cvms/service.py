@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from prism_backends.vocabulary import (
     Status,
     parse_platform,
 )
+
+_VCPU = re.compile(r"[0-9]{1,6}")
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,7 @@ def _offered_vcpus(
 ) -> int:
     allowed = offerings[platform]
     described = _describe_counts(allowed)
-    if not raw.isascii() or not raw.isdigit() or int(raw) not in allowed:
+    if not _VCPU.fullmatch(raw) or int(raw) not in allowed:
         raise BadRequest(
             f"{raw!r} is not offered by {provider!r} for {platform.value}; allowed: {described}",
             field="vcpu",
@@ -239,6 +242,8 @@ def list_cvms(
 ) -> tuple[list[CVM], int, int, int]:
     principal.require(domain_id, Permission.READ)
     page_limit, page_offset = parse_page(limit, offset)
+    if name is not None and not name.isprintable():
+        raise BadRequest("must not contain control characters", field="name")
     filters = repository.ListFilters(
         name=name or None,
         status=_parse_status(status),

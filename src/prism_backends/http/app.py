@@ -29,6 +29,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         openapi_url=f"{base}/openapi.json",
         docs_url=f"{base}/docs",
         redoc_url=None,
+        # /cvms/ is not /cvms: answer 404 rather than redirect (a redirected POST
+        # would create from a path the client did not send).
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
@@ -55,8 +58,21 @@ def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
         for operations in document.get("paths", {}).values():
             for operation in operations.values():
                 operation.get("responses", {}).pop("422", None)
-        schemas = document.get("components", {}).get("schemas", {})
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
+        schemas.update(_hoisted_definitions(document))
         app.openapi_schema = document
     return app.openapi_schema
+
+
+def _hoisted_definitions(document: dict[str, Any]) -> dict[str, Any]:
+    """Request-body schemas pasted in by hand carry their own ``$defs``; move them
+    to ``components.schemas`` (where their references point) so they resolve."""
+    hoisted: dict[str, Any] = {}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            for media in content.values():
+                hoisted.update(media.get("schema", {}).pop("$defs", {}))
+    return hoisted

@@ -36,8 +36,11 @@ def claim_slot(session: Session, slot_at: datetime, owner: str, now: datetime) -
     values = {"slot_at": slot_at, "sampled_by": owner, "sampled_at": now}
     dialect = session.get_bind().dialect.name
     upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    result = session.execute(upsert(SampledSlot).values(**values).on_conflict_do_nothing())
-    return bool(getattr(result, "rowcount", 0))
+    # RETURNING, not rowcount: drivers disagree on rowcount after DO NOTHING.
+    claimed = session.execute(
+        upsert(SampledSlot).values(**values).on_conflict_do_nothing().returning(SampledSlot.slot_at)
+    ).first()
+    return claimed is not None
 
 
 def record_slot(
