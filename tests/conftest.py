@@ -31,6 +31,7 @@ from prism_backends.runtime import Runtime
 POSTGRES_ENV = "PRISM_BACKENDS_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 TABLES = (
+    "attestation_signing_keys",
     "agent_events",
     "agent_sessions",
     "agent_credentials",

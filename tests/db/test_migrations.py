@@ -28,6 +28,7 @@ TABLES = {
     "agent_credentials",
     "agent_sessions",
     "agent_events",
+    "attestation_signing_keys",
 }
 CVM_CHILDREN = ("cvm_uptime_days", "agent_credentials", "agent_sessions", "agent_events")
 
@@ -198,9 +199,11 @@ def test_the_store_is_usable_after_a_round_trip(empty_engine: Engine) -> None:
                 "INSERT INTO cvms (id, domain_id, name, provider, cc_platform, vcpus,"
                 " agent_log_level, agent_url, cvm_id, state, status, error,"
                 " monthly_cost_cents, price_table_version, attestation_token,"
-                " created_at, updated_at, request_digest, attempts)"
+                " created_at, updated_at, request_digest, attempts,"
+                " attestation_policy_source, attestation_error, attestations_verified,"
+                " attestations_failed)"
                 " VALUES ('c1', 'd', 'n', 'external', 'sev-snp', 2, 'info', '', '',"
-                " 'pending', 'starting', '', 0, '', '', :now, :now, '', 0)"
+                " 'pending', 'starting', '', 0, '', '', :now, :now, '', 0, '', '', 0, 0)"
             ),
             {"now": "2026-01-01 00:00:00"},
         )

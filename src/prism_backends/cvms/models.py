@@ -31,6 +31,13 @@ class CVM(Base):
     attestation: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     attestation_token: Mapped[str] = mapped_column(Text, default="")
     attestation_policy: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # Where the policy came from: provider, reference, pinned (trust on first use).
+    attestation_policy_source: Mapped[str] = mapped_column(String(16), default="")
+    # Why the latest evidence was not accepted; "" once evidence verifies.
+    attestation_error: Mapped[str] = mapped_column(Text, default="")
+    attestations_verified: Mapped[int] = mapped_column(Integer, default=0)
+    attestations_failed: Mapped[int] = mapped_column(Integer, default=0)
+    attested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
