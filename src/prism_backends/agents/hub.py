@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FLUSH_SECONDS = 0.5
+MAX_BUFFERED_EVENTS = 100_000
 
 
 @dataclass(eq=False)
@@ -180,7 +181,13 @@ class Hub:
             repository.mark_answered(session, self.replica, answered, now)
             repository.add_events(session, events)
 
-        await self._db(write)
+        try:
+            await self._db(write)
+        except Exception:
+            # Keep them for the next flush (bounded: a long outage drops the oldest).
+            self._answered.update(answered)
+            self._events = (events + self._events)[-MAX_BUFFERED_EVENTS:]
+            raise
 
     async def heartbeat(self) -> None:
         """Ask every agent for its state, keep our sessions alive, and send
@@ -208,7 +215,7 @@ class Hub:
 def _token_text(token: bytes) -> str:
     """A JWT is ASCII and kept as is; anything else is kept as base64."""
     try:
-        text = token.decode("ascii")
+        text = token.strip().decode("ascii")
     except UnicodeDecodeError:
         return base64.b64encode(token).decode()
     return text if text.isprintable() else base64.b64encode(token).decode()

@@ -85,6 +85,7 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
         connection = Connection(identity.cvm_id)
         await self._hub.attach(connection)
         reader = asyncio.create_task(self._read(connection, request_iterator))
+        outgoing: asyncio.Future[cvms_pb2.ServerStreamMessage] | None = None
         try:
             while True:
                 outgoing = asyncio.ensure_future(connection.outbox.get())
@@ -99,6 +100,8 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
                 if message.HasField("disconnectReq"):
                     return
         finally:
+            if outgoing is not None:
+                outgoing.cancel()
             reader.cancel()
             await self._hub.detach(connection)
 
