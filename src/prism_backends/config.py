@@ -111,6 +111,27 @@ class Settings(BaseSettings):
         10_000, ge=10, description="Most agent logs and events kept per CVM (oldest go first)."
     )
 
+    # Attestation.
+    attestation_token_minutes: int = Field(
+        60, ge=1, description="Lifetime of the attestation tokens issued for verified evidence."
+    )
+    attestation_key_rotation_days: int = Field(
+        30, ge=1, description="Age at which the token signing key is replaced."
+    )
+    attestation_trust_on_first_use: bool = Field(
+        False,
+        description="Pin a CVM's policy from its first verified evidence when no reference "
+        "values are configured (weaker than reference values).",
+    )
+    attestation_fetch: bool = Field(
+        True,
+        description="Fetch VCEKs and TDX collateral from AMD KDS / Intel PCS when the "
+        "evidence does not carry them (cached in DATA_DIR/endorsements).",
+    )
+    azure_attestation_jwks_file: Path | None = Field(
+        None, description="JWKS of the Azure Attestation provider whose tokens agents send."
+    )
+
     # Statistics.
     stats_retention_days: int = Field(90, ge=1, description="Days of uptime samples kept.")
     stats_interval_seconds: float = Field(300.0, gt=0, description="Uptime sampling interval.")

@@ -12,6 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from prism_backends.agents.pki import AgentCA, load_ca, load_or_create_ca
 from prism_backends.agents.sealing import Sealer, sealer_from
 from prism_backends.agents.service import CredentialIssuer
+from prism_backends.attestation.appraisal import Anchors
+from prism_backends.attestation.fetch import CachingHttpFetcher
+from prism_backends.attestation.service import Appraiser, AttestationSettings
+from prism_backends.attestation.snp.roots import bundled_roots as snp_bundled_roots
+from prism_backends.attestation.tdx.roots import bundled_roots as tdx_bundled_roots
 from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.tokens import TokenVerifier, load_jwks_file
 from prism_backends.config import Settings
@@ -75,6 +80,35 @@ class Runtime:
     def credentials(self) -> CredentialIssuer:
         return CredentialIssuer(
             self.agent_ca, self.sealer, timedelta(days=self.settings.agent_cert_days)
+        )
+
+    @cached_property
+    def anchors(self) -> Anchors:
+        return Anchors(snp_roots=snp_bundled_roots(), tdx_roots=tdx_bundled_roots())
+
+    @cached_property
+    def appraiser(self) -> Appraiser:
+        settings = self.settings
+        return Appraiser(
+            self.sessions,
+            anchors=self.anchors,
+            sealer=self.sealer,
+            settings=AttestationSettings(
+                issuer=settings.jwt_issuer,
+                token_lifetime=timedelta(minutes=settings.attestation_token_minutes),
+                key_rotation=timedelta(days=settings.attestation_key_rotation_days),
+                trust_on_first_use=settings.attestation_trust_on_first_use,
+            ),
+            fetcher=(
+                CachingHttpFetcher(settings.data_dir / "endorsements")
+                if settings.attestation_fetch
+                else None
+            ),
+            azure_jwks=(
+                load_jwks_file(settings.azure_attestation_jwks_file)
+                if settings.azure_attestation_jwks_file
+                else None
+            ),
         )
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.agents import repository
 from prism_backends.agents.proto import cvms_pb2
+from prism_backends.attestation.service import Appraiser
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
 
@@ -62,8 +63,10 @@ class Hub:
         replica: str,
         heartbeat_seconds: float,
         session_ttl_seconds: float,
+        appraiser: Appraiser,
     ) -> None:
         self._sessions = sessions
+        self._appraiser = appraiser
         self.replica = replica
         self._heartbeat = heartbeat_seconds
         self._ttl = timedelta(seconds=session_ttl_seconds)
@@ -141,11 +144,13 @@ class Hub:
             }
         )
 
-    async def store_evidence(
-        self, cvm_id: str, *, report: bytes | None = None, token: bytes | None = None
-    ) -> None:
-        text = None if token is None else _token_text(token)
-        await self._db(lambda s: repository.store_evidence(s, cvm_id, report=report, token=text))
+    async def evidence(self, cvm_id: str, report: bytes) -> None:
+        """Appraise evidence (signatures, binding, policy) and record the verdict."""
+        await asyncio.to_thread(self._appraiser.evidence, cvm_id, report)
+
+    async def azure_token(self, cvm_id: str, token: bytes) -> None:
+        """Validate an Azure Attestation token; kept only when it validates."""
+        await asyncio.to_thread(self._appraiser.azure_token, cvm_id, _token_text(token))
 
     # --- the loops -----------------------------------------------------------------
 

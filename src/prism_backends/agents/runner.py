@@ -8,18 +8,17 @@ import signal
 import threading
 from concurrent.futures import Future
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from prism_backends.agents.pki import AgentCA
 from prism_backends.agents.server import AgentsEndpoint
-from prism_backends.config import Settings
+from prism_backends.runtime import Runtime
 
 
 class AgentsThread:
     """The endpoint on a private event loop, so it can live beside uvicorn's."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], ca: AgentCA) -> None:
-        self.endpoint = AgentsEndpoint(settings, sessions, ca)
+    def __init__(self, runtime: Runtime) -> None:
+        self.endpoint = AgentsEndpoint(
+            runtime.settings, runtime.sessions, runtime.agent_ca, runtime.appraiser
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agents", daemon=True)
 
@@ -36,9 +35,11 @@ class AgentsThread:
         self._thread.join(10)
 
 
-async def serve_forever(settings: Settings, sessions: sessionmaker[Session], ca: AgentCA) -> None:
+async def serve_forever(runtime: Runtime) -> None:
     """The ``agents`` command: until SIGINT or SIGTERM."""
-    endpoint = AgentsEndpoint(settings, sessions, ca)
+    endpoint = AgentsEndpoint(
+        runtime.settings, runtime.sessions, runtime.agent_ca, runtime.appraiser
+    )
     await endpoint.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

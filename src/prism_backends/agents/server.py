@@ -26,6 +26,7 @@ from prism_backends.agents import repository
 from prism_backends.agents.hub import Connection, Hub
 from prism_backends.agents.pki import AgentCA, load_or_create_server_credentials
 from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
+from prism_backends.attestation.service import Appraiser
 from prism_backends.config import Settings
 from prism_backends.db.engine import unit_of_work
 
@@ -178,23 +179,9 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
                 message=stopped.message,
             )
         elif kind == "vTPMattestationReport":
-            report = message.vTPMattestationReport
-            await hub.store_evidence(cvm_id, report=report.file)
-            hub.record(
-                cvm_id,
-                "attestation",
-                message=f"evidence received ({len(report.file)} bytes)",
-                details={"cert_serial_number": report.certSerialNumber},
-            )
+            await hub.evidence(cvm_id, message.vTPMattestationReport.file)
         elif kind == "azureAttestationToken":
-            token = message.azureAttestationToken
-            await hub.store_evidence(cvm_id, token=token.file)
-            hub.record(
-                cvm_id,
-                "azure_token",
-                message="Azure attestation token received",
-                details={"cert_serial_number": token.certSerialNumber},
-            )
+            await hub.azure_token(cvm_id, message.azureAttestationToken.file)
 
 
 def _when(message: cvms_pb2.AgentLog | cvms_pb2.AgentEvent) -> datetime | None:
@@ -206,7 +193,13 @@ def _when(message: cvms_pb2.AgentLog | cvms_pb2.AgentEvent) -> datetime | None:
 class AgentsEndpoint:
     """The gRPC server and its hub, started and stopped together."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], ca: AgentCA) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        ca: AgentCA,
+        appraiser: Appraiser,
+    ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._ca = ca
@@ -215,6 +208,7 @@ class AgentsEndpoint:
             replica=replica_identity(),
             heartbeat_seconds=settings.heartbeat_seconds,
             session_ttl_seconds=max(3 * settings.heartbeat_seconds, settings.offline_after_seconds),
+            appraiser=appraiser,
         )
         self._server: grpc.aio.Server | None = None
         self.port = 0

@@ -19,6 +19,7 @@ from prism_backends.agents.runner import AgentsThread, serve_forever
 from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.permissions import Role
 from prism_backends.auth.tokens import issue_token
+from prism_backends.cli.attestation import attestation_app
 from prism_backends.cli.options import (
     ConfigOpt,
     DatabaseUrlOpt,
@@ -47,6 +48,7 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Bearer tokens from the embedded issuer.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.add_typer(attestation_app, name="attestation")
 
 HostOpt = Annotated[
     str | None,
@@ -138,7 +140,7 @@ def serve(
     _migrate_or_exit(runtime)
     workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog)
     sampler = Sampler(settings, runtime.sessions)
-    agents = AgentsThread(settings, runtime.sessions, runtime.agent_ca)
+    agents = AgentsThread(runtime)
     try:
         agents.start()
     except Exception as exc:
@@ -254,7 +256,7 @@ def agents(
         sampler = Sampler(settings, runtime.sessions)
         sampler.start()
         try:
-            asyncio.run(serve_forever(settings, runtime.sessions, runtime.agent_ca))
+            asyncio.run(serve_forever(runtime))
         finally:
             sampler.stop()
     finally:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prism_backends.cvms import service
 from prism_backends.cvms.schemas import (
     AttestationPolicyOut,
+    AttestationStats,
     CreateCVMRequest,
     CVMOut,
     CVMPage,
@@ -204,7 +205,15 @@ def view_statistics(
         )
         for sample_id, sample in page.samples
     ]
-    return StatsOut(cvm_stats=samples, total=page.total, uptime=page.uptime)
+    attestation = AttestationStats(
+        verified=page.cvm.attestations_verified,
+        failed=page.cvm.attestations_failed,
+        last_error=page.cvm.attestation_error,
+        last_verified_at=rfc3339(page.cvm.attested_at),
+    )
+    return StatsOut(
+        cvm_stats=samples, total=page.total, uptime=page.uptime, attestation=attestation
+    )
 
 
 @router.get(

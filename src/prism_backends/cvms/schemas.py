@@ -70,6 +70,9 @@ class CVMOut(BaseModel):
     cc_platform: str
     domain_id: str
     error: str = Field(description="Why provisioning failed; empty otherwise.")
+    attestation_error: str = Field(
+        description="Why the latest evidence was refused; empty once evidence verifies."
+    )
     updated_at: str
 
     @classmethod
@@ -92,6 +95,7 @@ class CVMOut(BaseModel):
             cc_platform=cvm.cc_platform,
             domain_id=cvm.domain_id,
             error=cvm.error,
+            attestation_error=cvm.attestation_error,
             updated_at=rfc3339(cvm.updated_at),
         )
 
@@ -110,8 +114,16 @@ class StatSample(BaseModel):
     status: bool
 
 
+class AttestationStats(BaseModel):
+    verified: int = Field(description="Evidence accepted since the CVM was created.")
+    failed: int = Field(description="Evidence refused since the CVM was created.")
+    last_error: str = Field(description="Why the latest evidence was refused, if it was.")
+    last_verified_at: str = Field(description="When evidence last verified (zero time: never).")
+
+
 class StatsOut(BaseModel):
     cvm_stats: list[StatSample]
+    attestation: AttestationStats
     total: int = Field(description="Samples in the window, not just this page.")
     uptime: float | None = Field(
         description="Fraction of samples in the window with the agent up; null without samples."

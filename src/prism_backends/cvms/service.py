@@ -90,6 +90,7 @@ def create_cvm(
     now = utcnow()
     cvm_id = str(uuid.uuid4())
     instant = entry.provider.provisions_instantly
+    reference_policy = entry.config.attestation_policies.get(platform)
     cvm = CVM(
         id=cvm_id,
         domain_id=domain_id,
@@ -113,7 +114,8 @@ def create_cvm(
         price_table_version=prices.version,
         attestation=None,
         attestation_token="",
-        attestation_policy=entry.config.attestation_policies.get(platform),
+        attestation_policy=reference_policy,
+        attestation_policy_source="reference" if reference_policy is not None else "",
         created_at=now,
         updated_at=now,
         idempotency_key=idempotency_key,
@@ -309,6 +311,7 @@ class StatisticsPage:
     samples: list[tuple[str, Sample]]  # (sample id, sample), newest first
     total: int
     uptime: float | None
+    cvm: CVM
 
 
 def get_statistics(
@@ -340,6 +343,7 @@ def get_statistics(
         samples=window[page_offset : page_offset + page_limit],
         total=len(window),
         uptime=(up / len(window)) if window else None,
+        cvm=cvm,
     )
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from prism_backends import __version__
 from prism_backends.agents.endpoints import router as agents_router
+from prism_backends.attestation.endpoints import router as attestation_router
 from prism_backends.cvms.endpoints import router as cvms_router
 from prism_backends.http.errors import install_error_handlers
 from prism_backends.runtime import Runtime
@@ -37,6 +38,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     install_error_handlers(app)
     app.include_router(cvms_router, prefix=base)
     app.include_router(agents_router, prefix=base)
+    app.include_router(attestation_router, prefix=base)
 
     @app.get(f"{base}/health", response_model=Health, tags=["health"], summary="Liveness probe")
     def health() -> Health:

@@ -1,0 +1,154 @@
+"""Appraising evidence: verify it, check it is bound to the agent, check it
+against the CVM's policy. Pure: anchors, policy, time and fetcher are given.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from prism_backends.attestation.common import (
+    AttestationError,
+    CheckFailure,
+    Fetcher,
+    PolicyError,
+    Verified,
+)
+from prism_backends.attestation.snp import policy as snp_policy
+from prism_backends.attestation.snp import validate as snp_validate
+from prism_backends.attestation.snp import verify as snp_verify
+from prism_backends.attestation.snp.abi import REPORT_SIZE
+from prism_backends.attestation.snp.trust import ProductRoots
+from prism_backends.attestation.tdx import policy as tdx_policy
+from prism_backends.attestation.tdx import validate as tdx_validate
+from prism_backends.attestation.tdx import verify as tdx_verify
+
+SEV_SNP, TDX = "sev-snp", "tdx"
+TDX_TEE_TYPE = 0x81
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """The roots evidence must chain to."""
+
+    snp_roots: Mapping[str, ProductRoots]
+    tdx_roots: Sequence[x509.Certificate]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    platform: str  # sev-snp, tdx, or "" when not recognised
+    verified: bool
+    reason: str = ""
+    failures: tuple[CheckFailure, ...] = ()
+    evidence: Verified | None = None  # set once the signatures verified
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"platform": self.platform, "verified": self.verified}
+        if self.evidence is not None:
+            result["report_data"] = self.evidence.report_data.hex()
+            result["measurement"] = self.evidence.measurement
+            result["tcb"] = self.evidence.tcb
+            result["claims"] = self.evidence.claims
+        if not self.verified:
+            result["reason"] = self.reason
+        if self.failures:
+            result["failures"] = [
+                {"field": f.field, "expected": f.expected, "actual": f.actual}
+                for f in self.failures
+            ]
+        return result
+
+
+def detect_platform(raw: bytes) -> str:
+    """``sev-snp`` for an SNP report (with or without its certificate table),
+    ``tdx`` for a TDX quote (v4, v5), "" otherwise."""
+    if len(raw) >= 8:
+        version, _key_type, tee_type = struct.unpack_from("<HHI", raw, 0)
+        if version in (4, 5) and tee_type == TDX_TEE_TYPE:
+            return TDX
+    if len(raw) >= REPORT_SIZE and 2 <= int.from_bytes(raw[0:4], "little") <= 5:
+        return SEV_SNP
+    return ""
+
+
+def appraise(
+    raw: bytes,
+    *,
+    anchors: Anchors,
+    now: datetime,
+    policy: bytes | None = None,
+    expected_report_data: bytes | None = None,
+    endorsement: bytes | None = None,
+    fetcher: Fetcher | None = None,
+) -> Verdict:
+    """The verdict on ``raw`` evidence. Verified only when its signatures and
+    chain verify, ``report_data`` equals ``expected_report_data`` (when given),
+    and every check of ``policy`` (go-sev-guest ``check.Config`` or go-tdx-guest
+    ``checkconfig.Config`` JSON, when given) passes."""
+    platform = detect_platform(raw)
+    if not platform:
+        return Verdict("", False, "not an SEV-SNP report nor a TDX quote (v4 or v5)")
+    try:
+        if platform == SEV_SNP:
+            evidence, failures = _snp(raw, anchors, now, policy, endorsement, fetcher)
+        else:
+            evidence, failures = _tdx(raw, anchors, now, policy, fetcher)
+    except PolicyError as exc:
+        return Verdict(platform, False, f"the attestation policy is not valid: {exc}")
+    except AttestationError as exc:
+        return Verdict(platform, False, exc.reason)
+    if expected_report_data is not None and evidence.report_data != expected_report_data:
+        failures.insert(
+            0,
+            CheckFailure("report_data", expected_report_data.hex(), evidence.report_data.hex()),
+        )
+    if failures:
+        reason = "; ".join(str(failure) for failure in failures)
+        return Verdict(platform, False, reason, tuple(failures), evidence)
+    return Verdict(platform, True, evidence=evidence)
+
+
+def _snp(
+    raw: bytes,
+    anchors: Anchors,
+    now: datetime,
+    policy: bytes | None,
+    endorsement: bytes | None,
+    fetcher: Fetcher | None,
+) -> tuple[Verified, list[CheckFailure]]:
+    config = snp_policy.parse_config(policy) if policy else None
+    product = None
+    if config is not None:
+        product = config.root_of_trust.product_line or None
+    verified = snp_verify.verify(
+        raw,
+        roots=anchors.snp_roots,
+        now=now,
+        vcek=endorsement,
+        fetcher=fetcher,
+        product=product,
+    )
+    failures = snp_validate.validate(verified, config.policy) if config is not None else []
+    return verified.verified, failures
+
+
+def _tdx(
+    raw: bytes,
+    anchors: Anchors,
+    now: datetime,
+    policy: bytes | None,
+    fetcher: Fetcher | None,
+) -> tuple[Verified, list[CheckFailure]]:
+    config = tdx_policy.parse_config(policy) if policy else None
+    verified = tdx_verify.verify(
+        raw, trusted_roots=list(anchors.tdx_roots), now=now, fetcher=fetcher
+    )
+    failures = tdx_validate.validate(verified.quote, config.policy) if config is not None else []
+    return verified.verified, failures

@@ -1,0 +1,80 @@
+"""Store access for attestation. The CVM is known from the agent's certificate,
+so these are system-scoped by CVM id (the agents endpoint authenticated it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from prism_backends.agents.models import AgentCredential
+from prism_backends.cvms.models import CVM
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceContext:
+    cvm_id: str
+    domain_id: str
+    policy: bytes | None
+    cert_pem: str
+
+
+def evidence_context(session: Session, cvm_id: str) -> EvidenceContext | None:
+    row = session.execute(
+        select(CVM.domain_id, CVM.attestation_policy, AgentCredential.cert_pem)
+        .join(AgentCredential, AgentCredential.cvm_id == CVM.id)
+        .where(CVM.id == cvm_id, CVM.deleted_at.is_(None))
+    ).first()
+    if row is None:
+        return None
+    return EvidenceContext(cvm_id=cvm_id, domain_id=row[0], policy=row[1], cert_pem=row[2])
+
+
+def record_accepted(
+    session: Session,
+    cvm_id: str,
+    *,
+    evidence: bytes,
+    token: str,
+    now: datetime,
+    pinned_policy: bytes | None = None,
+) -> None:
+    values: dict[str, object] = {
+        "attestation": evidence,
+        "attestation_token": token,
+        "attestation_error": "",
+        "attestations_verified": CVM.attestations_verified + 1,
+        "attested_at": now,
+        "updated_at": now,
+    }
+    if pinned_policy is not None:
+        values["attestation_policy"] = pinned_policy
+        values["attestation_policy_source"] = "pinned"
+    session.execute(
+        update(CVM)
+        .where(CVM.id == cvm_id, CVM.deleted_at.is_(None))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def record_refused(
+    session: Session, cvm_id: str, *, evidence: bytes | None, reason: str, now: datetime
+) -> None:
+    """No token for refused evidence, and the one issued before no longer stands."""
+    values: dict[str, object] = {
+        "attestation_token": "",
+        "attestation_error": reason,
+        "attestations_failed": CVM.attestations_failed + 1,
+        "updated_at": now,
+    }
+    if evidence is not None:
+        values["attestation"] = evidence
+    session.execute(
+        update(CVM)
+        .where(CVM.id == cvm_id, CVM.deleted_at.is_(None))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,183 @@
+"""Evidence from agents: appraise it, then record the verdict and issue a token.
+
+Runs on the agents endpoint (in a thread: verification is CPU work and the
+store is synchronous). Every verdict is recorded: accepted evidence gets a
+token; refused evidence gets its reason on the CVM, an event, and a count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import jwt
+from sqlalchemy.orm import Session, sessionmaker
+
+from prism_backends.agents import repository as agents_repository
+from prism_backends.agents.sealing import Sealer
+from prism_backends.attestation import keys, repository, tokens
+from prism_backends.attestation.appraisal import Anchors, Verdict, appraise
+from prism_backends.attestation.common import Fetcher
+from prism_backends.attestation.pinning import pinned_policy
+from prism_backends.db.base import utcnow
+from prism_backends.db.engine import unit_of_work
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttestationSettings:
+    issuer: str
+    token_lifetime: timedelta
+    key_rotation: timedelta
+    trust_on_first_use: bool
+
+
+class Appraiser:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        anchors: Anchors,
+        sealer: Sealer,
+        settings: AttestationSettings,
+        fetcher: Fetcher | None = None,
+        azure_jwks: dict[str, Any] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._anchors = anchors
+        self._sealer = sealer
+        self._settings = settings
+        self._fetcher = fetcher
+        self._azure_keys = _jwks_keys(azure_jwks) if azure_jwks else {}
+
+    def evidence(self, cvm_id: str, raw: bytes) -> Verdict | None:
+        """Appraise an agent's evidence and record the verdict. None when the
+        CVM is gone."""
+        now = utcnow()
+        with unit_of_work(self._sessions) as session:
+            context = repository.evidence_context(session, cvm_id)
+        if context is None:
+            return None
+        pinning = context.policy is None and self._settings.trust_on_first_use
+        verdict = appraise(
+            raw,
+            anchors=self._anchors,
+            now=now,
+            policy=context.policy,
+            expected_report_data=hashlib.sha512(context.cert_pem.encode()).digest(),
+            fetcher=self._fetcher,
+        )
+        if verdict.verified and context.policy is None and not pinning:
+            verdict = Verdict(
+                verdict.platform,
+                False,
+                "this CVM has no attestation policy: configure reference values for its "
+                "provider and platform, or enable trust on first use",
+                evidence=verdict.evidence,
+            )
+        with unit_of_work(self._sessions) as session:
+            if verdict.verified and verdict.evidence is not None:
+                pinned = pinned_policy(verdict.evidence) if pinning else None
+                claims = tokens.claims_for(
+                    verdict.evidence,
+                    tokens.TokenSubject(cvm_id, context.domain_id, pinned or context.policy),
+                    issuer=self._settings.issuer,
+                    now=now,
+                    lifetime=self._settings.token_lifetime,
+                )
+                key = keys.current_key(
+                    session,
+                    self._sealer,
+                    keys.KeyPolicy(self._settings.key_rotation, self._settings.token_lifetime),
+                    now,
+                )
+                repository.record_accepted(
+                    session,
+                    cvm_id,
+                    evidence=raw,
+                    token=tokens.sign(claims, key),
+                    now=now,
+                    pinned_policy=pinned,
+                )
+                self._event(session, cvm_id, "attestation_verified", verdict, now)
+            else:
+                repository.record_refused(
+                    session, cvm_id, evidence=raw, reason=verdict.reason, now=now
+                )
+                self._event(session, cvm_id, "attestation_failed", verdict, now)
+        log.info("CVM %s evidence: %s %s", cvm_id, verdict.verified, verdict.reason)
+        return verdict
+
+    def azure_token(self, cvm_id: str, token: str) -> str | None:
+        """Validate an Azure Attestation (MAA) token against its issuer's keys and
+        keep it; the reason when refused, None when accepted."""
+        now = utcnow()
+        reason = self._azure_refusal(token)
+        with unit_of_work(self._sessions) as session:
+            if reason is None:
+                agents_repository.store_evidence(session, cvm_id, token=token)
+                agents_repository.add_events(
+                    session,
+                    [
+                        _event_row(
+                            cvm_id, "azure_token", "Azure attestation token validated", {}, now
+                        )
+                    ],
+                )
+            else:
+                repository.record_refused(session, cvm_id, evidence=None, reason=reason, now=now)
+                agents_repository.add_events(
+                    session,
+                    [
+                        _event_row(
+                            cvm_id, "attestation_failed", reason, {"evidence": "azure_token"}, now
+                        )
+                    ],
+                )
+        return reason
+
+    def _azure_refusal(self, token: str) -> str | None:
+        if not self._azure_keys:
+            return "no Azure Attestation keys are configured (azure_attestation_jwks_file)"
+        try:
+            header = jwt.get_unverified_header(token)
+            key = self._azure_keys.get(header.get("kid"))
+            if key is None:
+                return "the Azure attestation token was not signed by a trusted key"
+            jwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False})
+        except jwt.PyJWTError as exc:
+            return f"the Azure attestation token is not valid: {exc}"
+        return None
+
+    def _event(self, session: Session, cvm_id: str, kind: str, verdict: Verdict, now: Any) -> None:
+        details = verdict.as_json()
+        message = "evidence verified" if verdict.verified else verdict.reason
+        agents_repository.add_events(session, [_event_row(cvm_id, kind, message, details, now)])
+
+
+def _event_row(
+    cvm_id: str, kind: str, message: str, details: dict[str, Any], now: Any
+) -> dict[str, object]:
+    return {
+        "cvm_id": cvm_id,
+        "kind": kind,
+        "occurred_at": now,
+        "received_at": now,
+        "level": "info" if kind != "attestation_failed" else "error",
+        "message": message,
+        "computation_id": "",
+        "details": json.dumps(details, default=str),
+    }
+
+
+def _jwks_keys(document: dict[str, Any]) -> dict[str | None, Any]:
+    found: dict[str | None, Any] = {}
+    for jwk in document.get("keys", []):
+        parsed = jwt.PyJWK(jwk)
+        found[parsed.key_id] = parsed.key
+    return found
