@@ -12,15 +12,19 @@ deadline, or call ``hub.flush()`` where the point is that nothing was written.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import grpc
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from google.protobuf.message import Message
 from sqlalchemy import func, select
@@ -49,14 +53,36 @@ def free_port() -> int:
         return port
 
 
+# A stand-in for an Azure Attestation provider: its key signs the tokens agents
+# relay, and its JWKS is what the service is configured to trust.
+AZURE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+AZURE_KID = "maa-test-key"
+
+
+def azure_token(claims: dict[str, object] | None = None) -> str:
+    body = {"iss": "https://sharedeus2.eus2.attest.azure.net", "x-ms-attestation-type": "sevsnpvm"}
+    return jwt.encode(
+        {**body, **(claims or {})}, AZURE_KEY, algorithm="RS256", headers={"kid": AZURE_KID}
+    )
+
+
+def _azure_jwks(path: Path) -> Path:
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(AZURE_KEY.public_key()))
+    path.write_text(json.dumps({"keys": [{**jwk, "kid": AZURE_KID, "alg": "RS256"}]}))
+    return path
+
+
 @pytest.fixture
-def runtime(make_settings: Callable[..., Settings]) -> Iterator[Runtime]:
-    """The root ``runtime``, with the agents endpoint on a free port and a fast heartbeat."""
+def runtime(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Runtime]:
+    """The root ``runtime``, with the agents endpoint on a free port and a fast heartbeat,
+    offline attestation, and a trusted Azure Attestation key."""
     rt = Runtime(
         make_settings(
             agents_host="127.0.0.1",
             agents_port=free_port(),
             heartbeat_seconds=HEARTBEAT_SECONDS,
+            attestation_fetch=False,
+            azure_attestation_jwks_file=_azure_jwks(tmp_path / "maa-jwks.json"),
         )
     )
     yield rt
@@ -66,7 +92,9 @@ def runtime(make_settings: Callable[..., Settings]) -> Iterator[Runtime]:
 @asynccontextmanager
 async def serving(runtime: Runtime) -> AsyncIterator[AgentsEndpoint]:
     """The agents endpoint of ``runtime``, on the running loop; stopped (and flushed) after."""
-    endpoint = AgentsEndpoint(runtime.settings, runtime.sessions, runtime.agent_ca)
+    endpoint = AgentsEndpoint(
+        runtime.settings, runtime.sessions, runtime.agent_ca, runtime.appraiser
+    )
     port = await endpoint.start()
     assert port == runtime.settings.agents_port
     try:

@@ -29,6 +29,7 @@ from tests.agents.conftest import (
     Api,
     Credential,
     Footprint,
+    azure_token,
     channel_of,
     eventually,
     footprint,
@@ -38,11 +39,7 @@ from tests.agents.conftest import (
 )
 
 REPORT = bytes(range(256)) * 3 + b"\xff\xfe not UTF-8"
-JWT = (
-    "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QiLCJ0eXAiOiJKV1QifQ"
-    ".eyJpc3MiOiJodHRwczovL3NoYXJlZGV1czIuZXVzMi5hdHRlc3QuYXp1cmUubmV0In0"
-    ".c2lnbmF0dXJlLW5vdC1jaGVja2VkLWhlcmU"
-)
+JWT = azure_token()
 LOGGED_AT = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 EVENT_AT = datetime(2030, 1, 2, 3, 4, 6, 500000, tzinfo=UTC)
 
@@ -310,7 +307,8 @@ def test_evidence_logs_and_events_reach_the_api(runtime: Runtime, api: Api) -> N
     def reported() -> list[dict[str, object]] | None:
         events = api.events(cvm_id)
         kinds = {event["kind"] for event in events}
-        return events if {"attestation", "azure_token", "log", "event"} <= kinds else None
+        wanted = {"attestation_failed", "azure_token", "log", "event"}
+        return events if wanted <= kinds else None
 
     async def scenario() -> None:
         async with serving(runtime) as endpoint, channel_of(endpoint.port, credential) as channel:
@@ -346,8 +344,11 @@ def test_evidence_logs_and_events_reach_the_api(runtime: Runtime, api: Api) -> N
                     "details": '{"progress": 50}',
                 },
             }
-            assert by_kind["attestation"]["details"] == {"cert_serial_number": "0a1b"}
-            assert by_kind["azure_token"]["details"] == {"cert_serial_number": "0a1b"}
+            # Not evidence at all: kept as sent, refused with the reason, no token of ours.
+            assert by_kind["attestation_failed"]["level"] == "error"
+            assert str(by_kind["attestation_failed"]["message"]).startswith("not an SEV-SNP")
+            assert str(api.cvm(cvm_id)["attestation_error"]).startswith("not an SEV-SNP")
+            assert by_kind["azure_token"]["message"] == "Azure attestation token validated"
             call.cancel()
 
     asyncio.run(scenario())
