@@ -408,7 +408,7 @@ def test_migrate_creates_the_sqlite_store_at_head(runner: CliRunner, data_dir: P
     database = data_dir / "prism-backends.db"
     assert database.is_file()
     assert sqlite_revision(database) == HEAD
-    assert {"cvms", "cvm_stats"} <= sqlite_tables(database)
+    assert {"cvms", "cvm_uptime_days", "agent_credentials"} <= sqlite_tables(database)
     assert f"store is at schema {HEAD}" in result.stderr
 
 
@@ -716,6 +716,6 @@ def test_process_migrate_creates_the_store_at_head(tmp_path: Path, data_dir: Pat
     assert done.returncode == 0, done.stderr
     database = data_dir / "prism-backends.db"
     assert sqlite_revision(database) == HEAD
-    assert {"cvms", "cvm_stats"} <= sqlite_tables(database)
+    assert {"cvms", "cvm_uptime_days", "agent_credentials"} <= sqlite_tables(database)
     assert f"store is at schema {HEAD}" in done.stderr
     assert "Traceback" not in done.stderr

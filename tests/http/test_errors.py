@@ -58,8 +58,14 @@ def test_openapi_documents_every_route_and_error_body(client: TestClient) -> Non
     assert "requestBody" in create
     for path, operations in paths.items():
         for method, operation in operations.items():
-            if path.endswith("/health"):
-                continue
+            if path.endswith(("/health", "/.well-known/jwks.json")):
+                continue  # public
             assert "401" in operation["responses"], (method, path)
             error = operation["responses"]["401"]["content"]["application/json"]["schema"]
             assert error["$ref"].endswith("/ErrorOut")
+
+
+def test_jwks_is_public(client: TestClient) -> None:
+    reply = client.get("/backends/.well-known/jwks.json")
+    assert reply.status_code == 200
+    assert reply.json() == {"keys": []}  # no token signed yet

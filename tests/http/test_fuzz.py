@@ -77,7 +77,8 @@ CVM_FIELDS: Final = frozenset(
     {
         "id", "name", "cvm_id", "agent_url", "status", "state", "created_at", "deleted_at",
         "provider", "vcpus", "attestation", "attestation_token", "agent_log_level",
-        "monthly_cost_estimate", "cc_platform", "domain_id", "error", "updated_at",
+        "monthly_cost_estimate", "cc_platform", "domain_id", "error", "attestation_error",
+        "updated_at",
     }
 )  # fmt: skip
 
