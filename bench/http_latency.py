@@ -124,6 +124,10 @@ COLUMNS = (
     ("next_attempt_at", "timestamptz"),
     ("attempts", "int4"),
     ("first_failure_at", "timestamptz"),
+    ("attestation_policy_source", "varchar"),
+    ("attestation_error", "text"),
+    ("attestations_verified", "int4"),
+    ("attestations_failed", "int4"),
 )
 
 # Name filters rotate over fragments of very different selectivity, in mixed case
@@ -244,6 +248,10 @@ def _cvm_rows(
             None,  # next_attempt_at: nothing for the lifecycle workers to do
             attempts,
             first_failure_at,
+            "" if external else "reference",
+            "",
+            1 if attested else 0,
+            0,
         )
 
 
