@@ -70,8 +70,9 @@ def detect_platform(raw: bytes) -> str:
     """``sev-snp`` for an SNP report (with or without its certificate table),
     ``tdx`` for a TDX quote (v4, v5), "" otherwise."""
     if len(raw) >= 8:
-        version, _key_type, tee_type = struct.unpack_from("<HHI", raw, 0)
-        if version in (4, 5) and tee_type == TDX_TEE_TYPE:
+        version, key_type, tee_type = struct.unpack_from("<HHI", raw, 0)
+        # An SNP report's bytes 2-3 are zero; a quote's attestation key type is 2 or 3.
+        if version in (4, 5) and key_type in (2, 3) and tee_type == TDX_TEE_TYPE:
             return TDX
     if len(raw) >= REPORT_SIZE and 2 <= int.from_bytes(raw[0:4], "little") <= 5:
         return SEV_SNP
@@ -123,7 +124,7 @@ def _snp(
     endorsement: bytes | None,
     fetcher: Fetcher | None,
 ) -> tuple[Verified, list[CheckFailure]]:
-    config = snp_policy.parse_config(policy) if policy else None
+    config = snp_policy.parse_config(policy) if policy is not None else None
     product = None
     if config is not None:
         product = config.root_of_trust.product_line or None
@@ -146,7 +147,7 @@ def _tdx(
     policy: bytes | None,
     fetcher: Fetcher | None,
 ) -> tuple[Verified, list[CheckFailure]]:
-    config = tdx_policy.parse_config(policy) if policy else None
+    config = tdx_policy.parse_config(policy) if policy is not None else None
     verified = tdx_verify.verify(
         raw, trusted_roots=list(anchors.tdx_roots), now=now, fetcher=fetcher
     )

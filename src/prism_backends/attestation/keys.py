@@ -38,14 +38,21 @@ def current_key(
         .order_by(TokenSigningKey.created_at.desc())
         .with_for_update()
     ).first()
-    if current is not None and now - current.created_at < policy.rotate_after:
+    keep = (
+        current.kid
+        if current is not None and now - current.created_at < policy.rotate_after
+        else None
+    )
+    # Retire every other unretired key: after a rotation, and after two processes
+    # raced to create the first key, exactly one stays current.
+    session.execute(
+        update(TokenSigningKey)
+        .where(TokenSigningKey.retired_at.is_(None), TokenSigningKey.kid != (keep or ""))
+        .values(retired_at=now, publish_until=now + policy.token_lifetime)
+        .execution_options(synchronize_session=False)
+    )
+    if current is not None and keep is not None:
         return _unseal(sealer, current)
-    if current is not None:
-        session.execute(
-            update(TokenSigningKey)
-            .where(TokenSigningKey.kid == current.kid)
-            .values(retired_at=now, publish_until=now + policy.token_lifetime)
-        )
     return _create(session, sealer, now)
 
 

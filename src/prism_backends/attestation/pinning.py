@@ -33,7 +33,7 @@ def pinned_policy(evidence: Verified) -> bytes:
         }
     else:
         body: dict[str, Any] = {"mr_td": _b64(evidence.measurement)}
-        for name in ("mr_config_id", "mr_owner", "mr_owner_config"):
+        for name in ("mr_config_id", "mr_owner", "mr_owner_config", "td_attributes", "xfam"):
             if name in claims:
                 body[name] = _b64(str(claims[name]))
         document = {"policy": {"td_quote_body_policy": body}}

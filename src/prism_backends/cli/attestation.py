@@ -19,7 +19,7 @@ from prism_backends.attestation.common import AttestationError
 from prism_backends.attestation.fetch import CachingHttpFetcher
 from prism_backends.attestation.snp.abi import parse_attestation
 from prism_backends.attestation.snp.roots import bundled_roots as snp_roots
-from prism_backends.attestation.snp.verify import report_claims
+from prism_backends.attestation.snp.verify import report_claims, tcb_claims
 from prism_backends.attestation.tdx.abi import parse_quote
 from prism_backends.attestation.tdx.roots import bundled_roots as tdx_roots
 
@@ -28,6 +28,7 @@ attestation_app = typer.Typer(
 )
 
 EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_USAGE = 0, 1, 2
+_TCB_FIELDS = ("current_tcb", "reported_tcb", "committed_tcb", "launch_tcb")
 _HEX = re.compile(rb"^(?:[0-9a-fA-F]{2})+$")
 
 EvidenceArg = Annotated[
@@ -147,11 +148,21 @@ def show(evidence: EvidenceArg) -> None:
     try:
         if platform == appraisal.SEV_SNP:
             attested = parse_attestation(raw)
+            report = attested.report
             fields: dict[str, Any] = {
                 "platform": platform,
-                **report_claims(attested.report),
+                **report_claims(report),
+                "measurement": report.measurement.hex(),
+                "report_data": report.report_data.hex(),
+                "chip_id": report.chip_id.hex(),
                 "certificates": [str(entry.guid) for entry in attested.certificates.entries],
             }
+            product = report.cpuid_product
+            fields["tcb"] = (
+                tcb_claims(report, product)
+                if product
+                else {name: getattr(report, name) for name in _TCB_FIELDS}
+            )
         elif platform == appraisal.TDX:
             quote = parse_quote(raw)
             fields = {

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -103,6 +103,25 @@ def verify(
     CollateralUnavailable (all AttestationError)."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be a timezone-aware datetime")
+    try:
+        return _verify(raw, roots=roots, now=now, vcek=vcek, fetcher=fetcher, product=product)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        # cryptography parses certificates lazily: a field that does not parse
+        # surfaces here, and means the chain cannot be trusted.
+        raise ChainInvalid(
+            f"the VCEK/VLEK or a certificate of its chain does not parse: {exc}"
+        ) from exc
+
+
+def _verify(
+    raw: bytes,
+    *,
+    roots: Mapping[str, ProductRoots],
+    now: datetime,
+    vcek: bytes | None,
+    fetcher: Fetcher | None,
+    product: str | None,
+) -> VerifiedSnp:
     wanted = normalize_product(product) if product is not None else None
 
     attestation = parse_attestation(raw)
