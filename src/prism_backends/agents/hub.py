@@ -109,7 +109,11 @@ class Hub:
         self._answered.discard(connection.cvm_id)
         self.record(connection.cvm_id, "disconnected", message="agent disconnected")
         now = utcnow()
-        await self._db(lambda s: repository.close_session(s, connection.cvm_id, self.replica, now))
+        # Shielded: gRPC cancels the handler when the agent hangs up, and the
+        # session must be closed all the same.
+        await asyncio.shield(
+            self._db(lambda s: repository.close_session(s, connection.cvm_id, self.replica, now))
+        )
 
     # --- what agents say ---------------------------------------------------------
 

@@ -7,13 +7,17 @@ data directory unless the deployment supplies its own.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -175,15 +179,28 @@ def load_ca(cert_path: Path, key_path: Path) -> AgentCA:
     return AgentCA(cert, key)
 
 
+@contextmanager
+def creation_lock(data_dir: Path) -> Iterator[None]:
+    """Serialises first-use creation of keys and certificates in the data
+    directory, so processes starting together end up with the same ones."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".agents-pki.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_or_create_ca(data_dir: Path) -> AgentCA:
     """The embedded default: a CA created in the data directory on first use."""
     cert_path, key_path = data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
-    if not cert_path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        ca = create_ca()
-        write_private(key_path, _private_pem(ca._key))
-        cert_path.write_bytes(ca.cert_pem)
-        return ca
+    with creation_lock(data_dir):
+        if not cert_path.exists():
+            ca = create_ca()
+            write_private(key_path, _private_pem(ca._key))
+            cert_path.write_bytes(ca.cert_pem)
+            return ca
     return load_ca(cert_path, key_path)
 
 
@@ -193,18 +210,24 @@ def load_or_create_server_credentials(
     """(certificate chain PEM, key PEM) of the agents endpoint, reissued when its
     names change, its CA changes or it nears expiry."""
     cert_path, key_path = data_dir / SERVER_CERT_FILE, data_dir / SERVER_KEY_FILE
-    if cert_path.exists() and key_path.exists():
-        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        if _still_good(current, ca, names):
-            return cert_path.read_bytes(), key_path.read_bytes()
-    issued = ca.issue_server(names)
-    write_private(key_path, issued.key_pem)
-    cert_path.write_bytes(issued.cert_pem)
-    return issued.cert_pem, issued.key_pem
+    with creation_lock(data_dir):
+        if cert_path.exists() and key_path.exists():
+            current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            if _still_good(current, ca, names):
+                return cert_path.read_bytes(), key_path.read_bytes()
+        issued = ca.issue_server(names)
+        write_private(key_path, issued.key_pem)
+        cert_path.write_bytes(issued.cert_pem)
+        return issued.cert_pem, issued.key_pem
 
 
 def _still_good(cert: x509.Certificate, ca: AgentCA, names: list[str]) -> bool:
     if cert.issuer != ca.cert.subject:
+        return False
+    try:
+        # Every generated CA has the same name: check it is this CA's signature.
+        cert.verify_directly_issued_by(ca.cert)
+    except (ValueError, TypeError, InvalidSignature):
         return False
     if cert.not_valid_after_utc - datetime.now(UTC) < timedelta(days=30):
         return False

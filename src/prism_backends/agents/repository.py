@@ -103,9 +103,14 @@ def mark_answered(session: Session, replica: str, cvm_ids: Sequence[str], now: d
             .values(last_seen_at=now)
             .execution_options(synchronize_session=False)
         )
+        # Only where this replica's session stands: a replica that stalled past
+        # its sessions' expiry must not bring back a CVM the reaper took offline.
+        ours = select(AgentSession.cvm_id).where(
+            AgentSession.cvm_id.in_(chunk), AgentSession.replica == replica
+        )
         session.execute(
             update(CVM)
-            .where(CVM.id.in_(chunk), CVM.deleted_at.is_(None), CVM.status != Status.RUNNING.value)
+            .where(CVM.id.in_(ours), CVM.deleted_at.is_(None), CVM.status != Status.RUNNING.value)
             .values(status=Status.RUNNING.value, updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -113,10 +118,10 @@ def mark_answered(session: Session, replica: str, cvm_ids: Sequence[str], now: d
 
 def close_session(session: Session, cvm_id: str, replica: str, now: datetime) -> None:
     """The stream ended: the CVM is offline unless another stream took over."""
-    result = session.execute(
+    session.execute(
         delete(AgentSession).where(AgentSession.cvm_id == cvm_id, AgentSession.replica == replica)
     )
-    if getattr(result, "rowcount", 0):
+    if session.get(AgentSession, cvm_id) is None:
         _mark_offline(session, [cvm_id], now)
 
 

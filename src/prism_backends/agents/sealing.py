@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from prism_backends.agents.pki import write_private
+from prism_backends.agents.pki import creation_lock, write_private
 
 KEK_FILE = "agents-kek.bin"
 NONCE_BYTES = 12
@@ -53,7 +53,7 @@ def sealer_from(configured: str | None, data_dir: Path) -> Sealer:
         except (binascii.Error, ValueError) as exc:
             raise ValueError("agents_key_encryption_key must be base64 of 32 bytes") from exc
     path = data_dir / KEK_FILE
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        write_private(path, os.urandom(32))
-    return Sealer(path.read_bytes())
+    with creation_lock(data_dir):
+        if not path.exists():
+            write_private(path, os.urandom(32))
+        return Sealer(path.read_bytes())
