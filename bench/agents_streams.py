@@ -47,6 +47,7 @@ import multiprocessing
 import os
 import platform
 import random
+import re
 import resource
 import signal
 import socket
@@ -118,6 +119,9 @@ CVM_COLUMNS = (
     "request_digest",
 )
 CREDENTIAL_COLUMNS = ("cvm_id", "serial", "cert_pem", "sealed_key", "not_after")
+
+# The last line of a traceback: ``package.module.SomeError: message``.
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Detected|Unavailable)\b.*")
 
 # --- The client processes ----------------------------------------------------------------
 
@@ -551,6 +555,18 @@ class AgentsServer:
     def log_lines(self) -> int:
         self._log.flush()
         return len(self.log_path.read_text(errors="replace").splitlines())
+
+    def errors(self) -> dict[str, int]:
+        """What went wrong in the agents process, from its log: each logged error message
+        (``... ERROR logger: message``) and each exception a traceback ended with."""
+        self._log.flush()
+        found: Counter[str] = Counter()
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if " ERROR " in line:
+                found[line.split(" ERROR ", 1)[1][:200]] += 1
+            elif EXCEPTION_LINE.match(line):
+                found[line[:200]] += 1
+        return dict(found)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -1057,6 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with suppress(Exception):
                     print(f"--- agents log tail ---\n{server.log_tail()}", file=sys.stderr)
                 raise
+        server_errors_connected = server.errors()
         client_rss_kib = sum(status_kib(pid, "VmRSS") for pid in clients.pids())
         leaving = time.perf_counter()
         clients.stop()
@@ -1068,6 +1085,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         offline = wait_offline(conninfo, server, args.disconnect_wait, since=leaving)
         log_tail = server.log_tail(15)
+        server_errors = server.errors()
 
         errors: Counter[str] = Counter()
         samples: dict[str, str] = {}
@@ -1147,6 +1165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "clients_rss_mib_total": round(client_rss_kib / 1024, 1),
             "all_offline_after_clients_left": offline,
             "server_log_lines_during_rounds": server_log_lines,
+            "server_errors_until_after_rounds": server_errors_connected,
+            "server_errors_until_clients_left": server_errors,
         }
         meta = {
             "benchmark": "agents_streams",
@@ -1259,8 +1279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{timing.get('min', 0):.1f}-{timing.get('max', 0):.1f} s, "
                 f"median {timing.get('p50') or 0:.1f} s)"
             )
+    if server_errors:
+        print("\nthe agents process logged errors (the whole run, until the clients left):")
+        for text, count in sorted(server_errors.items(), key=lambda item: -item[1]):
+            print(f"  {count:>5}  {text}")
     if server_log_lines:
-        print(f"\nthe agents process logged {server_log_lines} lines during the rounds:")
+        print(f"\nthe agents process logged {server_log_lines} lines during the rounds; its tail:")
         print(log_tail)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     document = {
