@@ -215,7 +215,10 @@ def prune_events(session: Session, *, received_before: datetime, keep_per_cvm: i
 
 
 def _chunks(items: Sequence[str], size: int = 1000) -> list[Sequence[str]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
+    """Sorted batches: every batched write locks rows in the same order, so the
+    heartbeat's renewal and the flush's liveness update cannot deadlock."""
+    ordered = sorted(items)
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 
 def store_evidence(
