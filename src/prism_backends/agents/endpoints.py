@@ -10,15 +10,10 @@ from prism_backends.agents import service
 from prism_backends.agents.schemas import AgentConfigOut, EventOut, EventPage
 from prism_backends.cvms import service as cvms_service
 from prism_backends.db.engine import unit_of_work
-from prism_backends.http.deps import PrincipalDep, RuntimeDep
+from prism_backends.http.deps import DomainQuery, PrincipalDep, RuntimeDep
 from prism_backends.http.responses import COMMON_ERRORS, error_responses
 
 router = APIRouter(tags=["agents"])
-
-DomainQuery = Annotated[
-    str | None,
-    Query(alias="domainID", description="Optional; must equal the path's domain id."),
-]
 
 
 @router.get(

@@ -221,19 +221,12 @@ def _chunks(items: Sequence[str], size: int = 1000) -> list[Sequence[str]]:
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 
-def store_evidence(
-    session: Session, cvm_id: str, *, report: bytes | None = None, token: str | None = None
-) -> None:
-    """System-scoped (the CVM is known from its certificate): keep the latest evidence."""
-    values: dict[str, object] = {}
-    if report is not None:
-        values["attestation"] = report
-    if token is not None:
-        values["attestation_token"] = token
-    if values:
-        session.execute(
-            update(CVM)
-            .where(CVM.id == cvm_id, CVM.deleted_at.is_(None))
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+def store_token(session: Session, cvm_id: str, token: str) -> None:
+    """System-scoped (the CVM is known from its certificate): keep a validated
+    cloud verifier's token as the CVM's attestation token."""
+    session.execute(
+        update(CVM)
+        .where(CVM.id == cvm_id, CVM.deleted_at.is_(None))
+        .values(attestation_token=token)
+        .execution_options(synchronize_session=False)
+    )

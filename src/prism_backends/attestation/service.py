@@ -120,7 +120,7 @@ class Appraiser:
         reason = self._azure_refusal(token)
         with unit_of_work(self._sessions) as session:
             if reason is None:
-                agents_repository.store_evidence(session, cvm_id, token=token)
+                agents_repository.store_token(session, cvm_id, token)
                 agents_repository.add_events(
                     session,
                     [

@@ -20,17 +20,10 @@ from prism_backends.cvms.schemas import (
     rfc3339,
 )
 from prism_backends.db.engine import unit_of_work
-from prism_backends.http.deps import PrincipalDep, RuntimeDep, read_body
+from prism_backends.http.deps import DomainQuery, PrincipalDep, RuntimeDep, read_body
 from prism_backends.http.responses import COMMON_ERRORS, error_responses
 
 router = APIRouter(tags=["cvms"])
-
-DomainPath = Annotated[str, Path(description="The domain (workspace) id.")]
-DomainQuery = Annotated[
-    str | None,
-    Query(alias="domainID", description="Optional; must equal the path's domain id."),
-]
-CVMPath = Annotated[str, Path(description="The CVM's id (this service's).")]
 
 
 @router.post(

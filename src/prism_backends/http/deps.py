@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from prism_backends.auth.principal import Principal
@@ -35,6 +35,10 @@ def get_principal(
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+DomainQuery = Annotated[
+    str | None,
+    Query(alias="domainID", description="Optional; must equal the path's domain id."),
+]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
