@@ -266,7 +266,7 @@ def agents(
 @app.command()
 def agent(
     config_file: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--config",
             help="The JSON of GET .../cvms/{id}/agent_config, saved as is.",
@@ -274,7 +274,18 @@ def agent(
             dir_okay=False,
             readable=True,
         ),
-    ],
+    ] = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env",
+            help="Cocos' environment file (AGENT_CVM_GRPC_URL, AGENT_CVM_ID, the certificate "
+            "paths), as a host manager hands it to its guests.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
     log_level: Annotated[
         str | None,
         typer.Option(
@@ -284,9 +295,14 @@ def agent(
 ) -> None:
     """Run the reference agent of a CVM: connect, stay connected, send evidence."""
     try:
-        settings = agent_config.load(config_file)
+        if config_file is not None and env_file is None:
+            settings = agent_config.load(config_file)
+        elif env_file is not None and config_file is None:
+            settings = agent_config.load_environment(env_file)
+        else:
+            raise typer.BadParameter("give exactly one of --config and --env")
     except agent_config.AgentConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from None
+        raise typer.BadParameter(str(exc), param_hint="--config/--env") from None
     level = (log_level or settings.log_level).lower()
     setup_logging({"warn": "warning"}.get(level, level))
     raise typer.Exit(asyncio.run(Agent(settings).run()))

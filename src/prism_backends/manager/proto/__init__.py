@@ -1,0 +1,1 @@
+"""Generated gRPC code of the manager protocols (see scripts/gen-proto)."""
