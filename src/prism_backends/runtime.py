@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 
+from cryptography import x509
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.agents.pki import AgentCA, load_ca, load_or_create_ca
 from prism_backends.agents.sealing import Sealer, sealer_from
-from prism_backends.agents.service import CredentialIssuer
+from prism_backends.agents.service import BootstrapSource, CredentialIssuer
 from prism_backends.attestation.appraisal import Anchors
 from prism_backends.attestation.fetch import CachingHttpFetcher
 from prism_backends.attestation.service import Appraiser, AttestationSettings
@@ -23,12 +24,15 @@ from prism_backends.config import Settings
 from prism_backends.db.engine import make_engine, make_session_factory
 from prism_backends.pricing.core import PriceTable
 from prism_backends.pricing.table import packaged_table
+from prism_backends.providers.config import ProviderConfig
 from prism_backends.providers.registry import Catalog, load_catalog
 
 
 @dataclass
 class Runtime:
     settings: Settings
+    # Provider configurations made at start (a local manager's), beside the files'.
+    extra_providers: dict[str, ProviderConfig] = field(default_factory=dict)
 
     @cached_property
     def engine(self) -> Engine:
@@ -42,7 +46,21 @@ class Runtime:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return load_catalog(self.settings.effective_providers_dir)
+        return load_catalog(
+            self.settings.effective_providers_dir,
+            deployment_mark=self.deployment_mark,
+            extra=self.extra_providers,
+        )
+
+    @cached_property
+    def deployment_mark(self) -> str:
+        """This deployment at shared providers: its agents CA's key identifier."""
+        identifier = x509.SubjectKeyIdentifier.from_public_key(self.agent_ca.cert.public_key())
+        return identifier.digest.hex()
+
+    @cached_property
+    def agent_bootstrap(self) -> BootstrapSource:
+        return BootstrapSource(self.agent_ca, self.sealer, self.settings.effective_agents_address)
 
     @cached_property
     def prices(self) -> PriceTable:

@@ -112,6 +112,4 @@ def _settings(document: dict[str, Any], source: str) -> AgentSettings:
         problems.append(f"log_level: one of {', '.join(LOG_LEVELS)}")
     if problems:
         raise AgentConfigError(f"{source}: {'; '.join(problems)}")
-    return AgentSettings(
-        **{key: document[key] for key in _REQUIRED}, log_level=str(level).lower()
-    )
+    return AgentSettings(**{key: document[key] for key in _REQUIRED}, log_level=str(level).lower())

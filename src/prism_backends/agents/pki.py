@@ -50,6 +50,10 @@ class AgentCA:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
+    @property
+    def key_pem(self) -> bytes:
+        return _private_pem(self._key)
+
     def issue_client(
         self, cvm_id: str, domain_id: str, validity: timedelta, now: datetime | None = None
     ) -> IssuedCertificate:
@@ -192,24 +196,28 @@ def creation_lock(data_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_or_create_ca(data_dir: Path) -> AgentCA:
-    """The embedded default: a CA created in the data directory on first use."""
-    cert_path, key_path = data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
+def load_or_create_ca(
+    data_dir: Path, prefix: str = "agents", common_name: str = "prism-backends agents CA"
+) -> AgentCA:
+    """The embedded default: a CA created in the data directory on first use
+    (``PREFIX-ca.pem`` and ``PREFIX-ca-key.pem``)."""
+    cert_path, key_path = data_dir / f"{prefix}-ca.pem", data_dir / f"{prefix}-ca-key.pem"
     with creation_lock(data_dir):
         if not cert_path.exists():
-            ca = create_ca()
-            write_private(key_path, _private_pem(ca._key))
+            ca = create_ca(common_name)
+            write_private(key_path, ca.key_pem)
             cert_path.write_bytes(ca.cert_pem)
             return ca
     return load_ca(cert_path, key_path)
 
 
 def load_or_create_server_credentials(
-    data_dir: Path, ca: AgentCA, names: list[str]
+    data_dir: Path, ca: AgentCA, names: list[str], prefix: str = "agents"
 ) -> tuple[bytes, bytes]:
-    """(certificate chain PEM, key PEM) of the agents endpoint, reissued when its
-    names change, its CA changes or it nears expiry."""
-    cert_path, key_path = data_dir / SERVER_CERT_FILE, data_dir / SERVER_KEY_FILE
+    """(certificate chain PEM, key PEM) of the endpoint, reissued when its names
+    change, its CA changes or it nears expiry (``PREFIX-server.pem``, ``-key.pem``)."""
+    cert_path = data_dir / f"{prefix}-server.pem"
+    key_path = data_dir / f"{prefix}-server-key.pem"
     with creation_lock(data_dir):
         if cert_path.exists() and key_path.exists():
             current = x509.load_pem_x509_certificate(cert_path.read_bytes())

@@ -16,6 +16,7 @@ from prism_backends.auth.principal import Principal
 from prism_backends.cvms import repository as cvms_repository
 from prism_backends.cvms.paging import parse_page
 from prism_backends.errors import Conflict, NotFound
+from prism_backends.providers.base import AgentBootstrap
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,27 @@ class CredentialIssuer:
                 not_after=issued.not_after,
                 revoked_at=None,
             ),
+        )
+
+
+@dataclass(frozen=True)
+class BootstrapSource:
+    """System-scoped, for the lifecycle workers: what a CVM's agent needs to
+    dial in, for drivers that start the agent themselves (a host manager, user data)."""
+
+    ca: AgentCA
+    sealer: Sealer
+    agents_address: str
+
+    def __call__(self, session: Session, domain_id: str, cvm_id: str) -> AgentBootstrap | None:
+        credential = repository.credential_of(session, domain_id, cvm_id)
+        if credential is None or credential.revoked_at is not None:
+            return None
+        return AgentBootstrap(
+            server_url=self.agents_address,
+            ca_cert_pem=self.ca.cert_pem,
+            client_cert_pem=credential.cert_pem.encode(),
+            client_key_pem=self.sealer.open(credential.sealed_key, bound_to=cvm_id),
         )
 
 

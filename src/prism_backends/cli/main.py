@@ -20,6 +20,7 @@ from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.permissions import Role
 from prism_backends.auth.tokens import issue_token
 from prism_backends.cli.attestation import attestation_app
+from prism_backends.cli.manager import manager_app
 from prism_backends.cli.options import (
     ConfigOpt,
     DatabaseUrlOpt,
@@ -49,6 +50,7 @@ app = typer.Typer(
 token_app = typer.Typer(help="Bearer tokens from the embedded issuer.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(attestation_app, name="attestation")
+app.add_typer(manager_app, name="manager")
 
 HostOpt = Annotated[
     str | None,
@@ -138,7 +140,7 @@ def serve(
     )
     runtime = _runtime(settings)
     _migrate_or_exit(runtime)
-    workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog)
+    workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog, runtime.agent_bootstrap)
     sampler = Sampler(settings, runtime.sessions)
     agents = AgentsThread(runtime)
     try:
@@ -215,7 +217,7 @@ def worker(
     except typer.Exit:
         runtime.close()
         raise
-    workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog)
+    workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog, runtime.agent_bootstrap)
     sampler = Sampler(settings, runtime.sessions)
     stopping = threading.Event()
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -52,12 +53,22 @@ LogLevelOpt = Annotated[
 ]
 
 
+SettingsT = TypeVar("SettingsT")
+
+
 def settings_from(config: Path | None, **flags: Any) -> Settings:
     """Settings from flags, environment and config file, or a clean exit on bad values."""
+    return loaded_or_exit(load_settings, config, **flags)
+
+
+def loaded_or_exit(
+    loader: Callable[..., SettingsT], config: Path | None, **flags: Any
+) -> SettingsT:
+    """``loader(config, **flags)``, with bad values turned into a usage error."""
     if config is not None and not config.is_file():
         raise typer.BadParameter(f"{config} is not a file", param_hint="--config")
     try:
-        return load_settings(config, **flags)
+        return loader(config, **flags)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()

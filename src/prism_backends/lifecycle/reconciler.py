@@ -11,6 +11,7 @@ from enum import StrEnum
 from prism_backends.cvms.models import CVM
 from prism_backends.lifecycle.queue import Work
 from prism_backends.providers.base import (
+    AgentBootstrap,
     Machine,
     MachineRequest,
     MachineState,
@@ -42,13 +43,14 @@ class Outcome:
     reason: str = ""
 
 
-def step(work: Work, provider: Provider | None) -> Outcome:
-    """Do what the CVM's state asks of its provider; never raises for provider errors."""
+def step(work: Work, provider: Provider | None, agent: AgentBootstrap | None = None) -> Outcome:
+    """Do what the CVM's state asks of its provider; never raises for provider errors.
+    ``agent`` is what the machine's agent needs to dial in, for drivers that start it."""
     if provider is None:
         return Outcome(Kind.RETRY, reason=f"provider {work.provider!r} is not enabled here")
     try:
         if work.state == State.PROVISIONING.value:
-            return _provision(work, provider)
+            return _provision(work, provider, agent)
         provider.delete(work.id, work.provider_machine_id)
     except RetryableProviderError as exc:
         return Outcome(Kind.RETRY, reason=str(exc) or type(exc).__name__)
@@ -62,7 +64,7 @@ def step(work: Work, provider: Provider | None) -> Outcome:
     return Outcome(Kind.CLEANED_UP)
 
 
-def _provision(work: Work, provider: Provider) -> Outcome:
+def _provision(work: Work, provider: Provider, agent: AgentBootstrap | None) -> Outcome:
     machine = provider.create(
         MachineRequest(
             cvm_id=work.id,
@@ -72,6 +74,7 @@ def _provision(work: Work, provider: Provider) -> Outcome:
             vcpus=work.vcpus,
             agent_log_level=LogLevel(work.agent_log_level),
             agent_url=work.agent_url,
+            agent=agent,
         )
     )
     if machine.state is MachineState.CREATING:
@@ -141,6 +144,12 @@ def _provisioned(cvm: CVM, machine: Machine | None) -> None:
             cvm.agent_url = machine.agent_url
         if machine.state is MachineState.STOPPED:
             cvm.status = Status.STOPPED.value
+        # The provider's reference for what it launched; configured reference values win.
+        if machine.attestation_policy and cvm.attestation_policy_source != "reference":
+            cvm.attestation_policy = machine.attestation_policy
+            cvm.attestation_policy_source = "provider"
+        if not machine.confidential:
+            cvm.attestation_error = machine.detail or "the provider runs this CVM unconfidentially"
 
 
 def give_up(outcome: Outcome) -> Outcome:

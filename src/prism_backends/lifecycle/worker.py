@@ -12,17 +12,24 @@ import random
 import socket
 import threading
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from prism_backends.agents import repository as agents_repository
 from prism_backends.config import Settings
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
 from prism_backends.errors import StoreUnavailable
 from prism_backends.lifecycle import queue, reconciler, sweeper
 from prism_backends.lifecycle.backoff import retry_delay
+from prism_backends.providers.base import AgentBootstrap
 from prism_backends.providers.registry import Catalog
+from prism_backends.vocabulary import State
+
+# (session, domain id, CVM id) -> what that CVM's agent needs to dial in.
+BootstrapSource = Callable[[Session, str, str], AgentBootstrap | None]
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +42,16 @@ class LifecycleWorkers:
     """``concurrency`` threads, each claiming and converging one CVM at a time."""
 
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], catalog: Catalog
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        catalog: Catalog,
+        bootstrap: BootstrapSource | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._catalog = catalog
+        self._bootstrap = bootstrap
         self._owner = worker_identity()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -119,9 +131,13 @@ class LifecycleWorkers:
     def _converge(self, work: queue.Work) -> None:
         entry = self._catalog.get(work.provider)
         keeper = _LeaseKeeper(self._sessions, work.id, self._owner, self._settings.lease_seconds)
+        agent = None
+        if self._bootstrap is not None and work.state == State.PROVISIONING.value:
+            with unit_of_work(self._sessions) as session:
+                agent = self._bootstrap(session, work.domain_id, work.id)
         keeper.start()
         try:
-            outcome = reconciler.step(work, entry.provider if entry else None)
+            outcome = reconciler.step(work, entry.provider if entry else None, agent)
         finally:
             keeper.stop()
         now = utcnow()
@@ -139,7 +155,25 @@ class LifecycleWorkers:
                 log.warning("lost the lease on CVM %s; its new owner carries on", work.id)
                 return
             reconciler.apply(cvm, work, outcome, now=now, retry_at=now + timedelta(seconds=delay))
+            machine = outcome.machine
+            if outcome.kind is reconciler.Kind.PROVISIONED and machine and machine.detail:
+                agents_repository.add_events(
+                    session, [_provider_event(work.id, machine.detail, now)]
+                )
         log.info("CVM %s (%s): %s %s", work.id, work.provider, outcome.kind, outcome.reason)
+
+
+def _provider_event(cvm_id: str, detail: str, now: datetime) -> dict[str, object]:
+    return {
+        "cvm_id": cvm_id,
+        "kind": "provider",
+        "occurred_at": now,
+        "received_at": now,
+        "level": "warn",
+        "message": detail,
+        "computation_id": "",
+        "details": "",
+    }
 
 
 class _LeaseKeeper:

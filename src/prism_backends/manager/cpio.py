@@ -7,12 +7,16 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 TRAILER = "TRAILER!!!"
 
 
-def write_tree(root: Path, out: BinaryIO) -> int:
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+def write_tree(root: Path, out: Sink) -> int:
     """Write every file, directory and symlink under ``root``; the number of entries."""
     paths = sorted(path for path in root.rglob("*"))
     inode = 1
@@ -37,7 +41,7 @@ def _permissions(mode: int) -> int:
     return 0o755 if mode & 0o111 else 0o644
 
 
-def _entry(out: BinaryIO, name: str, inode: int, mode: int, data: bytes, links: int = 0) -> None:
+def _entry(out: Sink, name: str, inode: int, mode: int, data: bytes, links: int = 0) -> None:
     encoded = name.encode() + b"\0"
     nlink = links or (2 if stat.S_ISDIR(mode) else 1)
     fields = [inode, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(encoded), 0]

@@ -75,9 +75,19 @@ STDLIB_PRUNED = (
     "curses",
     "venv",
 )
-PRUNED_DIRECTORIES = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
-                      "usr/share/lintian", "usr/share/bug", "usr/share/gdb", "boot", "lib/modules",
-                      "usr/lib/modules", "etc")
+PRUNED_DIRECTORIES = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/locale",
+    "usr/share/info",
+    "usr/share/lintian",
+    "usr/share/bug",
+    "usr/share/gdb",
+    "boot",
+    "lib/modules",
+    "usr/lib/modules",
+    "etc",
+)
 AGENT_MODULES = (
     "prism_backends/__init__.py",
     "prism_backends/agent/__init__.py",
@@ -120,7 +130,9 @@ def run(argv: list[str], cwd: Path) -> str:
     try:
         done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)  # noqa: S603
     except FileNotFoundError:
-        raise ImageError(f"{argv[0]} is not installed (the image is built from Debian packages)")
+        raise ImageError(
+            f"{argv[0]} is not installed (the image is built from Debian packages)"
+        ) from None
     if done.returncode != 0:
         raise ImageError(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
     return done.stdout
@@ -141,7 +153,11 @@ def ensure(images_dir: Path, *, runner: Runner = run, refresh: bool = False) -> 
     debs_dir.mkdir(exist_ok=True)
     guest_python = _guest_python_version(runner, debs_dir)
     _require_same_python(guest_python)
-    packages = [_kernel_package(runner, debs_dir), *RUNTIME_PACKAGES, *_python_packages(guest_python)]
+    packages = [
+        _kernel_package(runner, debs_dir),
+        *RUNTIME_PACKAGES,
+        *_python_packages(guest_python),
+    ]
     debs = [_download(runner, debs_dir, name, refresh) for name in packages]
     inputs = _inputs(debs)
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -169,7 +185,8 @@ def _require_same_python(guest: str) -> None:
     if guest != here:
         raise ImageError(
             f"the guest's Python is {guest} (Debian's) but this installation runs {here}: "
-            f"gRPC's compiled modules would not load in the guest; run the manager on Python {guest}"
+            "gRPC's compiled modules would not load in the guest; "
+            f"run the manager on Python {guest}"
         )
 
 
@@ -250,7 +267,10 @@ def _build(
         kernel = built / "vmlinuz"
         shutil.copyfile(root / "boot" / f"vmlinuz-{kernel_version}", kernel)
         initrd = built / "initrd.gz"
-        with initrd.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
+        with (
+            initrd.open("wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as packed,
+        ):
             cpio.write_tree(staging, packed)
         digest = _image_digest(kernel, initrd, KERNEL_COMMAND_LINE)
         manifest = {
@@ -270,9 +290,12 @@ def _build(
 
 
 def _assemble(root: Path, staging: Path, kernel_version: str, python: str, runner: Runner) -> None:
-    shutil.copytree(root, staging, symlinks=True)
-    for relative in PRUNED_DIRECTORIES:
-        shutil.rmtree(staging / relative, ignore_errors=True)
+    pruned = {root / relative for relative in PRUNED_DIRECTORIES}
+
+    def skip(directory: str, names: list[str]) -> set[str]:
+        return {name for name in names if Path(directory) / name in pruned}
+
+    shutil.copytree(root, staging, symlinks=True, ignore=skip)
     stdlib = staging / "usr" / "lib" / f"python{python}"
     for name in STDLIB_PRUNED:
         for match in stdlib.glob(f"{name}*"):
@@ -288,8 +311,13 @@ def _assemble(root: Path, staging: Path, kernel_version: str, python: str, runne
         if package_root.is_file():
             shutil.copyfile(package_root, destination)
             continue
-        shutil.copytree(package_root, destination, symlinks=False, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyi", "*.pyc"))
+        shutil.copytree(
+            package_root,
+            destination,
+            symlinks=False,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyi", "*.pyc"),
+        )
     for relative in AGENT_MODULES:
         destination = site / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -301,21 +329,38 @@ def _assemble(root: Path, staging: Path, kernel_version: str, python: str, runne
     init.chmod(0o755)
     for tree in (stdlib, site):
         compileall.compile_dir(
-            tree, quiet=2, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-            stripdir=str(staging), prependdir="/", workers=1,
+            tree,
+            quiet=2,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+            stripdir=str(staging),
+            prependdir="/",
+            workers=1,
         )
 
 
 def _import_path(package_root: Path) -> Path:
     """Where a package sits below site-packages: grpc, google/protobuf, typing_extensions.py."""
-    return package_root.relative_to(package_root.parents[1 if package_root.parent.name == "google" else 0])
+    return package_root.relative_to(
+        package_root.parents[1 if package_root.parent.name == "google" else 0]
+    )
 
 
 def _install_busybox(staging: Path) -> None:
     busybox = staging / "bin" / "busybox"
     if not busybox.is_file():
         raise ImageError("busybox-static did not provide /bin/busybox")
-    for applet in ("sh", "mount", "mkdir", "ip", "insmod", "poweroff", "cat", "sleep", "echo", "ls"):
+    for applet in (
+        "sh",
+        "mount",
+        "mkdir",
+        "ip",
+        "insmod",
+        "poweroff",
+        "cat",
+        "sleep",
+        "echo",
+        "ls",
+    ):
         link = staging / "bin" / applet
         if not link.exists():
             link.symlink_to("busybox")
@@ -420,7 +465,11 @@ def _tree_digests(root: Path) -> Iterator[tuple[str, str]]:
         yield root.name, _sha256(root)
         return
     for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyi"):
+        if (
+            path.is_file()
+            and "__pycache__" not in path.parts
+            and path.suffix not in (".pyc", ".pyi")
+        ):
             yield str(path.relative_to(root)), _sha256(path)
 
 
@@ -438,5 +487,8 @@ def default_images_dir(data_dir: Path) -> Path:
 
 def environment_has_tools() -> list[str]:
     """The build tools missing on this host (empty when the image can be built)."""
-    return [tool for tool in ("apt-get", "apt-cache", "dpkg-deb", "depmod", "modprobe")
-            if shutil.which(tool) is None and not os.path.exists(f"/sbin/{tool}")]
+    return [
+        tool
+        for tool in ("apt-get", "apt-cache", "dpkg-deb", "depmod", "modprobe")
+        if shutil.which(tool) is None and not os.path.exists(f"/sbin/{tool}")
+    ]

@@ -86,7 +86,7 @@ class VmLaunch:
     env_dir: Path
     console_socket: Path
     host_address: str = "127.0.0.1"
-    cpu_model: str = ""  # default: EPYC under KVM (Cocos), qemu64 under emulation
+    cpu_model: str = ""  # default: see default_cpu
     sev_snp: SevSnpOptions = field(default_factory=SevSnpOptions)
     tdx: TdxOptions = field(default_factory=TdxOptions)
     qemu_binary: str = "qemu-system-x86_64"
@@ -96,7 +96,7 @@ def command_line(vm: VmLaunch) -> list[str]:
     """The argv that launches ``vm``; the first element is the QEMU binary."""
     argv = [vm.qemu_binary, "-name", vm.name, "-nodefaults", "-no-reboot"]
     argv += _accelerator(vm)
-    argv += ["-machine", _machine(vm), "-cpu", _cpu(vm)]
+    argv += ["-machine", _machine(vm), "-cpu", default_cpu(vm)]
     argv += ["-smp", f"{vm.vcpus},maxcpus={vm.vcpus}", "-m", f"{vm.memory_mib}M"]
     argv += _memory_backend(vm)
     argv += _confidential_object(vm)
@@ -140,12 +140,14 @@ def _machine(vm: VmLaunch) -> str:
     return ",".join(parts)
 
 
-def _cpu(vm: VmLaunch) -> str:
+def default_cpu(vm: VmLaunch) -> str:
+    """The CPU model: as configured, else Cocos' (EPYC-v4 for SEV-SNP, the host's
+    for TDX and plain KVM guests), or qemu64 under emulation."""
     if vm.cpu_model:
         return vm.cpu_model
-    if vm.launch is Launch.TDX:
-        return "host"
-    return "EPYC" if vm.accelerator is Accelerator.KVM else "qemu64"
+    if vm.accelerator is Accelerator.TCG:
+        return "qemu64"
+    return "EPYC-v4" if vm.launch is Launch.SEV_SNP else "host"
 
 
 def _memory_backend(vm: VmLaunch) -> list[str]:

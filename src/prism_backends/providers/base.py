@@ -9,7 +9,7 @@ mid-call can simply call again. Drivers translate their SDK's failures into
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +28,11 @@ class TerminalProviderError(ProviderError):
     """Bad image, bad credentials, unsupported size: retrying cannot help."""
 
 
+class ProviderUnavailable(Exception):
+    """Raised by a driver factory: configured, but not usable now (no manager
+    answers, no credentials); the provider is left out of the catalog, saying why."""
+
+
 class MachineState(StrEnum):
     """A provider's view of a machine, mapped into our words inside each driver."""
 
@@ -35,6 +40,18 @@ class MachineState(StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentBootstrap:
+    """What the machine's agent needs to dial in: its certificate and key, the
+    agents CA, and the endpoint's address. Handed to drivers that start the
+    agent themselves (user data, a manager's CreateVm); never logged."""
+
+    server_url: str
+    ca_cert_pem: bytes
+    client_cert_pem: bytes
+    client_key_pem: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +65,25 @@ class MachineRequest:
     vcpus: int
     agent_log_level: LogLevel
     agent_url: str = ""
+    agent: AgentBootstrap | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Machine:
-    """A machine as its provider reports it."""
+    """A machine as its provider reports it.
+
+    ``attestation_policy`` is the provider's own reference for this machine
+    (a host manager computes it from what it launched); ``confidential`` is
+    False when the provider ran it without SEV-SNP or TDX (development hosts),
+    with the reason in ``detail``.
+    """
 
     provider_machine_id: str
     state: MachineState
     agent_url: str = ""
     detail: str = ""
+    attestation_policy: bytes | None = None
+    confidential: bool = True
 
 
 @dataclass(frozen=True, slots=True)

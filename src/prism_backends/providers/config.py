@@ -42,6 +42,9 @@ class ProviderConfig:
     price_per_vcpu_hour: Mapping[Platform, Decimal] = field(default_factory=dict)
     attestation_policies: Mapping[Platform, bytes] = field(default_factory=dict)
     source: str = "built-in default"
+    # Identifies this deployment at a shared provider (the agents CA's key id),
+    # so a leak sweep removes only machines this deployment made. Set by the catalog.
+    deployment_mark: str = ""
 
 
 # Prism's own offerings (the contract lists them); a file may replace them.

@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
-from prism_backends.providers.base import Provider
+from prism_backends.providers.base import Provider, ProviderUnavailable
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError, load_configs
 from prism_backends.providers.external import make_external
+from prism_backends.providers.ultraviolet import make_ultraviolet
 from prism_backends.vocabulary import PROVIDER_NAMES, Platform
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ DriverFactory = Callable[[ProviderConfig], Provider]
 # "module:factory" path) cannot be enabled.
 DRIVERS: dict[str, DriverFactory] = {
     "external": make_external,
+    "ultraviolet": make_ultraviolet,
 }
 
 
@@ -71,7 +73,7 @@ def resolve_driver(driver: str) -> DriverFactory | None:
     return factory  # type: ignore[no-any-return]
 
 
-def build_catalog(configs: Mapping[str, ProviderConfig]) -> Catalog:
+def build_catalog(configs: Mapping[str, ProviderConfig], deployment_mark: str = "") -> Catalog:
     entries: dict[str, CatalogEntry] = {}
     unavailable: dict[str, str] = {}
     for name in PROVIDER_NAMES:
@@ -84,9 +86,22 @@ def build_catalog(configs: Mapping[str, ProviderConfig]) -> Catalog:
             log.warning("provider %s is configured in %s but %s", name, config.source, reason)
             unavailable[name] = reason
             continue
-        entries[name] = CatalogEntry(config=config, provider=factory(config))
+        config = replace(config, deployment_mark=deployment_mark)
+        try:
+            entries[name] = CatalogEntry(config=config, provider=factory(config))
+        except ProviderUnavailable as exc:
+            log.warning("provider %s is configured but unavailable: %s", name, exc)
+            unavailable[name] = str(exc)
     return Catalog(entries, unavailable)
 
 
-def load_catalog(providers_dir: Path | None) -> Catalog:
-    return build_catalog(load_configs(providers_dir))
+def load_catalog(
+    providers_dir: Path | None,
+    deployment_mark: str = "",
+    extra: Mapping[str, ProviderConfig] | None = None,
+) -> Catalog:
+    """The catalog from the provider files; ``extra`` configurations (a local
+    manager's) take the place of a file's."""
+    configs = load_configs(providers_dir)
+    configs.update(extra or {})
+    return build_catalog(configs, deployment_mark)

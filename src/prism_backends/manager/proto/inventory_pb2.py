@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,prism_backends/manager/proto/inventory.proto\x12\x10prism.manager.v1\"\r\n\x0b\x43\x61pacityReq\"\xc0\x01\n\x0b\x43\x61pacityRes\x12\x0f\n\x07max_vms\x18\x01 \x01(\x05\x12\x0b\n\x03vms\x18\x02 \x01(\x05\x12\x11\n\tmax_vcpus\x18\x03 \x01(\x05\x12\x12\n\nvcpus_used\x18\x04 \x01(\x05\x12\x16\n\x0emax_memory_mib\x18\x05 \x01(\x03\x12\x17\n\x0fmemory_used_mib\x18\x06 \x01(\x03\x12\x11\n\tplatforms\x18\x07 \x03(\t\x12\x13\n\x0b\x64\x65velopment\x18\x08 \x01(\x08\x12\x13\n\x0bvcpu_counts\x18\t \x03(\x05\"\x0c\n\nListVmsReq\"\xd3\x01\n\x02Vm\x12\x0e\n\x06\x63vm_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63lient_cert_sha256\x18\x02 \x01(\t\x12\x1b\n\x13\x63lient_cert_subject\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x16\n\x0e\x66orwarded_port\x18\x05 \x01(\t\x12\r\n\x05vcpus\x18\x06 \x01(\x05\x12\x10\n\x08platform\x18\x07 \x01(\t\x12\x14\n\x0c\x63onfidential\x18\x08 \x01(\x08\x12\x12\n\ncreated_at\x18\t \x01(\t\x12\x12\n\nexpires_at\x18\n \x01(\t\"/\n\nListVmsRes\x12!\n\x03vms\x18\x01 \x03(\x0b\x32\x14.prism.manager.v1.Vm\"\'\n\tPolicyReq\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"+\n\tPolicyRes\x12\x0e\n\x06policy\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t2\xe6\x01\n\tInventory\x12J\n\x08\x43\x61pacity\x12\x1d.prism.manager.v1.CapacityReq\x1a\x1d.prism.manager.v1.CapacityRes\"\x00\x12G\n\x07ListVms\x12\x1c.prism.manager.v1.ListVmsReq\x1a\x1c.prism.manager.v1.ListVmsRes\"\x00\x12\x44\n\x06Policy\x12\x1b.prism.manager.v1.PolicyReq\x1a\x1b.prism.manager.v1.PolicyRes\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,prism_backends/manager/proto/inventory.proto\x12\x10prism.manager.v1\"\r\n\x0b\x43\x61pacityReq\"\xc0\x01\n\x0b\x43\x61pacityRes\x12\x0f\n\x07max_vms\x18\x01 \x01(\x05\x12\x0b\n\x03vms\x18\x02 \x01(\x05\x12\x11\n\tmax_vcpus\x18\x03 \x01(\x05\x12\x12\n\nvcpus_used\x18\x04 \x01(\x05\x12\x16\n\x0emax_memory_mib\x18\x05 \x01(\x03\x12\x17\n\x0fmemory_used_mib\x18\x06 \x01(\x03\x12\x11\n\tplatforms\x18\x07 \x03(\t\x12\x13\n\x0b\x64\x65velopment\x18\x08 \x01(\x08\x12\x13\n\x0bvcpu_counts\x18\t \x03(\x05\"\x0c\n\nListVmsReq\"\xf9\x01\n\x02Vm\x12\x0e\n\x06\x63vm_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63lient_cert_sha256\x18\x02 \x01(\t\x12\x1b\n\x13\x63lient_cert_subject\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x16\n\x0e\x66orwarded_port\x18\x05 \x01(\t\x12\r\n\x05vcpus\x18\x06 \x01(\x05\x12\x10\n\x08platform\x18\x07 \x01(\t\x12\x14\n\x0c\x63onfidential\x18\x08 \x01(\x08\x12\x12\n\ncreated_at\x18\t \x01(\t\x12\x12\n\nexpires_at\x18\n \x01(\t\x12$\n\x1c\x63lient_cert_authority_key_id\x18\x0b \x01(\t\"/\n\nListVmsRes\x12!\n\x03vms\x18\x01 \x03(\x0b\x32\x14.prism.manager.v1.Vm\"\'\n\tPolicyReq\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"+\n\tPolicyRes\x12\x0e\n\x06policy\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t2\xe6\x01\n\tInventory\x12J\n\x08\x43\x61pacity\x12\x1d.prism.manager.v1.CapacityReq\x1a\x1d.prism.manager.v1.CapacityRes\"\x00\x12G\n\x07ListVms\x12\x1c.prism.manager.v1.ListVmsReq\x1a\x1c.prism.manager.v1.ListVmsRes\"\x00\x12\x44\n\x06Policy\x12\x1b.prism.manager.v1.PolicyReq\x1a\x1b.prism.manager.v1.PolicyRes\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTVMSREQ']._serialized_start=276
   _globals['_LISTVMSREQ']._serialized_end=288
   _globals['_VM']._serialized_start=291
-  _globals['_VM']._serialized_end=502
-  _globals['_LISTVMSRES']._serialized_start=504
-  _globals['_LISTVMSRES']._serialized_end=551
-  _globals['_POLICYREQ']._serialized_start=553
-  _globals['_POLICYREQ']._serialized_end=592
-  _globals['_POLICYRES']._serialized_start=594
-  _globals['_POLICYRES']._serialized_end=637
-  _globals['_INVENTORY']._serialized_start=640
-  _globals['_INVENTORY']._serialized_end=870
+  _globals['_VM']._serialized_end=540
+  _globals['_LISTVMSRES']._serialized_start=542
+  _globals['_LISTVMSRES']._serialized_end=589
+  _globals['_POLICYREQ']._serialized_start=591
+  _globals['_POLICYREQ']._serialized_end=630
+  _globals['_POLICYRES']._serialized_start=632
+  _globals['_POLICYRES']._serialized_end=675
+  _globals['_INVENTORY']._serialized_start=678
+  _globals['_INVENTORY']._serialized_end=908
 # @@protoc_insertion_point(module_scope)

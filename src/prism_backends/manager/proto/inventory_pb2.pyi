@@ -117,6 +117,7 @@ class Vm(_message.Message):
     CONFIDENTIAL_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CLIENT_CERT_AUTHORITY_KEY_ID_FIELD_NUMBER: _builtins.int
     cvm_id: _builtins.str
     client_cert_sha256: _builtins.str
     """hex, of the DER of the agent's client certificate"""
@@ -133,6 +134,10 @@ class Vm(_message.Message):
     """RFC 3339"""
     expires_at: _builtins.str
     """RFC 3339, empty without a TTL"""
+    client_cert_authority_key_id: _builtins.str
+    """hex of the client certificate's authority key identifier: which CA (which
+    backend deployment) the VM's agent belongs to, so sweeps touch only their own.
+    """
     def __init__(
         self,
         *,
@@ -146,10 +151,11 @@ class Vm(_message.Message):
         confidential: _builtins.bool = ...,
         created_at: _builtins.str = ...,
         expires_at: _builtins.str = ...,
+        client_cert_authority_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_cert_sha256", b"client_cert_sha256", "client_cert_subject", b"client_cert_subject", "confidential", b"confidential", "created_at", b"created_at", "cvm_id", b"cvm_id", "expires_at", b"expires_at", "forwarded_port", b"forwarded_port", "platform", b"platform", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_cert_authority_key_id", b"client_cert_authority_key_id", "client_cert_sha256", b"client_cert_sha256", "client_cert_subject", b"client_cert_subject", "confidential", b"confidential", "created_at", b"created_at", "cvm_id", b"cvm_id", "expires_at", b"expires_at", "forwarded_port", b"forwarded_port", "platform", b"platform", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
