@@ -17,6 +17,7 @@ from pydantic_settings import (
 
 ENV_PREFIX = "PRISM_BACKENDS_"
 DEFAULT_DATA_DIR = Path(".prism-backends")
+SLIRP_HOST_ADDRESS = "10.0.2.2"
 
 
 class Settings(BaseSettings):
@@ -132,6 +133,13 @@ class Settings(BaseSettings):
         None, description="JWKS of the Azure Attestation provider whose tokens agents send."
     )
 
+    # The embedded default's host manager.
+    local_manager: bool = Field(
+        False,
+        description="Run a host manager beside serve (development mode: plain VMs, marked not "
+        "confidential), building its guest image on first use; enables 'ultraviolet'.",
+    )
+
     # Statistics.
     stats_retention_days: int = Field(90, ge=1, description="Days of uptime samples kept.")
     stats_interval_seconds: float = Field(300.0, gt=0, description="Uptime sampling interval.")
@@ -177,6 +185,9 @@ class Settings(BaseSettings):
     def effective_agents_server_names(self) -> list[str]:
         host = self.effective_agents_address.rsplit(":", 1)[0].strip("[]")
         names = list(self.agents_server_names)
+        if self.local_manager:
+            # Guests under user-mode networking reach this host's loopback there.
+            names.append(SLIRP_HOST_ADDRESS)
         return names if host in names else [host, *names]
 
     @property

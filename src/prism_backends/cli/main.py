@@ -34,6 +34,7 @@ from prism_backends.config import Settings
 from prism_backends.db import migrate as migrations
 from prism_backends.http.app import create_app
 from prism_backends.lifecycle.worker import LifecycleWorkers
+from prism_backends.manager.local import LocalManager
 from prism_backends.runtime import Runtime
 from prism_backends.statistics.sampler import Sampler
 from prism_backends.vocabulary import DOMAIN_ID_PATTERN
@@ -126,9 +127,19 @@ def serve(
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     log_level: LogLevelOpt = None,
+    local_manager: Annotated[
+        bool | None,
+        typer.Option(
+            "--local-manager/--no-local-manager",
+            help="Run a host manager beside the service (plain VMs under QEMU, development "
+            "mode), so 'ultraviolet' CVMs are real VMs here [env: PRISM_BACKENDS_LOCAL_MANAGER].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run everything in one process: migrate the store, then the HTTP API, the agents'
-    endpoint, the lifecycle workers and the uptime sampler."""
+    endpoint, the lifecycle workers and the uptime sampler (and, with --local-manager,
+    a host manager beside them)."""
     settings = settings_from(
         config,
         host=host,
@@ -137,9 +148,11 @@ def serve(
         data_dir=data_dir,
         database_url=database_url,
         log_level=log_level,
+        local_manager=local_manager,
     )
     runtime = _runtime(settings)
     _migrate_or_exit(runtime)
+    beside = _start_local_manager(runtime) if settings.local_manager else None
     workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog, runtime.agent_bootstrap)
     sampler = Sampler(settings, runtime.sessions)
     agents = AgentsThread(runtime)
@@ -157,7 +170,24 @@ def serve(
         agents.stop()
         sampler.stop()
         workers.stop()
+        if beside is not None:
+            beside.stop()
         runtime.close()
+
+
+def _start_local_manager(runtime: Runtime) -> LocalManager | None:
+    """Start the manager beside the service; 'ultraviolet' is enabled only if it answers."""
+    beside = LocalManager(
+        runtime.settings.data_dir / "manager", log_level=runtime.settings.log_level
+    )
+    try:
+        runtime.extra_providers["ultraviolet"] = beside.start()
+    except (OSError, RuntimeError) as exc:
+        log.error("the local manager is not available, so neither is 'ultraviolet': %s", exc)
+        beside.stop()
+        return None
+    log.info("local manager on localhost:%d (pid %d)", beside.port, beside.pid)
+    return beside
 
 
 @app.command()

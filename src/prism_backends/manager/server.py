@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -263,7 +264,12 @@ class ManagerServer:
         threading.Thread(target=self._tick, name="ticks", daemon=True).start()
         (self._settings.data_dir / "manager.json").write_text(
             json.dumps(
-                {"port": self.port, "health_port": self.health_port, "host": self._settings.host}
+                {
+                    "pid": os.getpid(),
+                    "port": self.port,
+                    "health_port": self.health_port,
+                    "host": self._settings.host,
+                }
             )
         )
         log.info(
