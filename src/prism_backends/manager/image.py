@@ -146,9 +146,24 @@ def cached(images_dir: Path) -> GuestImage | None:
     return _read_manifest(images_dir / json.loads(pointer.read_text())["digest_dir"])
 
 
-def ensure(images_dir: Path, *, runner: Runner = run, refresh: bool = False) -> GuestImage:
-    """The image for the current inputs, built if it is not in the cache yet."""
+def ensure(
+    images_dir: Path,
+    *,
+    runner: Runner = run,
+    refresh: bool = False,
+    check_packages: bool = True,
+) -> GuestImage:
+    """The image for the current inputs, built if it is not in the cache yet.
+
+    With ``check_packages`` false (a manager starting) a cached image whose own
+    inputs (the agent, gRPC, this builder) are unchanged is taken as is, without
+    asking apt about newer Debian packages; ``manager image build`` asks.
+    """
     images_dir.mkdir(parents=True, exist_ok=True)
+    if not check_packages and not refresh:
+        current = _current_if_unchanged(images_dir)
+        if current is not None:
+            return current
     debs_dir = images_dir / "debs"
     debs_dir.mkdir(exist_ok=True)
     guest_python = _guest_python_version(runner, debs_dir)
@@ -168,6 +183,21 @@ def ensure(images_dir: Path, *, runner: Runner = run, refresh: bool = False) -> 
         existing = _build(target, debs, runner, guest_python, inputs)
     (images_dir / "current.json").write_text(json.dumps({"digest_dir": key}))
     return existing
+
+
+def _current_if_unchanged(images_dir: Path) -> GuestImage | None:
+    pointer = images_dir / "current.json"
+    if not pointer.is_file():
+        return None
+    directory = images_dir / json.loads(pointer.read_text())["digest_dir"]
+    try:
+        recorded = json.loads((directory / "manifest.json").read_text())["inputs"]
+    except (OSError, ValueError, KeyError):
+        return None
+    now = _own_inputs()
+    if any(recorded.get(key) != value for key, value in now.items()):
+        return None
+    return _read_manifest(directory)
 
 
 def _guest_python_version(runner: Runner, cwd: Path) -> str:
@@ -233,6 +263,11 @@ def _deb_for(debs_dir: Path, package: str, version: str) -> Path | None:
 
 def _inputs(debs: list[Path]) -> dict[str, object]:
     """Everything the image's bytes depend on, by content."""
+    return {**_own_inputs(), "debs": {deb.name: _sha256(deb) for deb in debs}}
+
+
+def _own_inputs() -> dict[str, object]:
+    """The inputs that are not Debian packages: this builder, the agent, gRPC."""
     sources = {path: _sha256(_source_root() / path) for path in AGENT_MODULES}
     python_files = {
         f"{root.name}/{name}": digest
@@ -244,7 +279,6 @@ def _inputs(debs: list[Path]) -> dict[str, object]:
         "builder": _sha256(Path(__file__)) + _sha256(Path(cpio.__file__)),
         "python": sys.version.split()[0],
         "command_line": KERNEL_COMMAND_LINE,
-        "debs": {deb.name: _sha256(deb) for deb in debs},
         "agent": sources,
         "python_packages": python_files,
     }
