@@ -14,24 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
-import shutil
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from unittest import mock
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, text_format, timestamp_pb2
+from google.protobuf import text_format, timestamp_pb2
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from google.protobuf.message import Message
-from grpc_tools import protoc  # type: ignore[import-untyped]
 
 from prism_backends.agents.hub import Connection, state_request
 from prism_backends.agents.proto import cvms_pb2
@@ -46,6 +40,7 @@ from tests.agents.conftest import (
     receive,
     serving,
 )
+from tests.protoc import compile_proto, import_privately
 
 COCOS_PROTO = Path(__file__).parent / "cocos" / "cvms.proto"
 GENERATED = ("cvms_pb2", "cvms_pb2_grpc")
@@ -62,41 +57,8 @@ class Cocos:
     pb2_grpc: ModuleType
 
 
-def _compile(out: Path) -> None:
-    shutil.copy(COCOS_PROTO, out / COCOS_PROTO.name)
-    well_known = resources.files("grpc_tools") / "_proto"
-    status = protoc.main(
-        [
-            "grpc_tools.protoc",
-            f"--proto_path={out}",
-            f"--proto_path={well_known}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            str(out / COCOS_PROTO.name),
-        ]
-    )
-    assert status == 0, "protoc failed on tests/agents/cocos/cvms.proto"
-
-
 def _import_privately(out: Path) -> Cocos:
-    """Import the generated modules from ``out`` with their descriptors in a
-    pool of their own, and leave neither them nor ``out`` importable after."""
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
-    shadowed = {name: sys.modules.pop(name) for name in GENERATED if name in sys.modules}
-    try:
-        with (
-            mock.patch.object(descriptor_pool, "Default", return_value=pool),
-            mock.patch.object(sys, "path", [str(out), *sys.path]),
-        ):
-            importlib.invalidate_caches()
-            pb2, pb2_grpc = (importlib.import_module(name) for name in GENERATED)
-    finally:
-        for name in GENERATED:
-            sys.modules.pop(name, None)
-        sys.modules.update(shadowed)
-    assert Path(pb2.__file__ or "").parent == out
-    assert pb2.DESCRIPTOR.pool is pool
+    pb2, pb2_grpc = import_privately(out, GENERATED, [timestamp_pb2.DESCRIPTOR])
     assert pb2.ClientStreamMessage is not cvms_pb2.ClientStreamMessage
     return Cocos(pb2=pb2, pb2_grpc=pb2_grpc)
 
@@ -104,7 +66,7 @@ def _import_privately(out: Path) -> Cocos:
 @pytest.fixture(scope="module")
 def cocos(tmp_path_factory: pytest.TempPathFactory) -> Cocos:
     out = tmp_path_factory.mktemp("cocos-generated")
-    _compile(out)
+    compile_proto(COCOS_PROTO, out)
     return _import_privately(out)
 
 

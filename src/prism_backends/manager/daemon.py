@@ -34,7 +34,9 @@ def guest_image(settings: ManagerSettings) -> GuestImage:
 def start(settings: ManagerSettings) -> tuple[VmManager, ManagerServer]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     guest = guest_image(settings)
-    facts = host.detect(settings.qemu_binary, guest.kernel, settings.accelerator)
+    facts = host.detect(
+        settings.qemu_binary, guest.kernel, settings.accelerator, settings.platforms
+    )
     log.info(
         "host: %s, accelerator %s, confidential platforms: %s",
         facts.cpu_model,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +101,13 @@ def kvm_boots_a_guest(qemu_binary: str, kernel: Path) -> bool:
     return booted
 
 
-def detect(qemu_binary: str, kernel: Path, accelerator: str) -> HostFacts:
+def detect(
+    qemu_binary: str, kernel: Path, accelerator: str, configured: Sequence[str] | None = None
+) -> HostFacts:
+    """What this host launches; ``configured`` platforms replace the detected ones."""
     platforms, model = read_platforms()
+    if configured is not None:
+        platforms = frozenset(Launch(name) for name in configured)
     if accelerator == "kvm":
         chosen = Accelerator.KVM
     elif accelerator == "tcg":

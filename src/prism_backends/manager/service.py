@@ -27,7 +27,7 @@ from prism_backends.manager import measure, qemu
 from prism_backends.manager.host import HostFacts
 from prism_backends.manager.image import GuestImage
 from prism_backends.manager.settings import ManagerSettings
-from prism_backends.manager.supervisor import Supervisor
+from prism_backends.manager.supervisor import CONSOLE_SOCKET, Supervisor
 from prism_backends.manager.vms import VmRecord, VmStore
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,9 @@ class VmManager:
             host_port=port,
             certs_dir=directory / "certs",
             env_dir=directory / "env",
-            console_socket=directory / "console.sock",
+            # Relative to QEMU's working directory (the VM's): socket paths are
+            # limited to 108 bytes, data directories are not.
+            console_socket=Path(CONSOLE_SOCKET),
             sev_snp=qemu.SevSnpOptions(host_data=settings.host_data),
             qemu_binary=settings.qemu_binary,
         )

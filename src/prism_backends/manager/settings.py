@@ -66,6 +66,11 @@ class ManagerSettings(BaseSettings):
     accelerator: Literal["auto", "kvm", "tcg"] = Field(
         "auto", description="auto: KVM when a probe boots a guest with it, else emulation."
     )
+    platforms: list[Literal["sev-snp", "tdx"]] | None = Field(
+        None,
+        description="Confidential platforms to launch, instead of detecting them (Cocos: "
+        "ENABLE_SEV_SNP / ENABLE_TDX), for hosts whose flags detection misreads.",
+    )
     qemu_binary: str = Field("qemu-system-x86_64", description="The QEMU to launch.")
     ovmf: Path | None = Field(
         None, description="OVMF for confidential launches (an AmdSev build for SEV-SNP)."

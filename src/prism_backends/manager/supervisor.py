@@ -18,6 +18,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CONSOLE_LOG = "console.log"
+CONSOLE_SOCKET = "console.sock"
 QEMU_LOG = "qemu.log"
 
 
@@ -70,9 +71,7 @@ class Supervisor:
         return process.pid, start_time(process.pid)
 
     def follow_console(self, vm_id: str, directory: Path) -> None:
-        copier = ConsoleCopier(
-            directory / "console.sock", directory / CONSOLE_LOG, self._log_bytes, self._logs_kept
-        )
+        copier = ConsoleCopier(directory, self._log_bytes, self._logs_kept)
         with self._lock:
             previous = self._consoles.pop(vm_id, None)
             self._consoles[vm_id] = copier
@@ -130,9 +129,9 @@ class ConsoleCopier:
     """Reads a VM's serial console from QEMU's socket into a rotated log file.
     After a manager restart a new copier connects to the same socket."""
 
-    def __init__(self, socket_path: Path, log_path: Path, max_bytes: int, kept: int) -> None:
-        self._socket_path = socket_path
-        self._log_path = log_path
+    def __init__(self, directory: Path, max_bytes: int, kept: int) -> None:
+        self._directory = directory
+        self._log_path = directory / CONSOLE_LOG
         self._max_bytes = max_bytes
         self._kept = kept
         self._stop = threading.Event()
@@ -154,18 +153,27 @@ class ConsoleCopier:
                 self._copy(connection)
 
     def _connect(self) -> socket.socket | None:
-        while not self._stop.is_set():
-            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                connection.connect(str(self._socket_path))
-            except OSError:
-                connection.close()
-                if self._stop.wait(0.02):
-                    return None
-                continue
-            connection.settimeout(0.5)
-            return connection
-        return None
+        # Through the directory's descriptor: a socket's path may not exceed 108
+        # bytes, and the data directory's may.
+        try:
+            directory = os.open(self._directory, os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            while not self._stop.is_set():
+                connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    connection.connect(f"/proc/self/fd/{directory}/{CONSOLE_SOCKET}")
+                except OSError:
+                    connection.close()
+                    if self._stop.wait(0.02):
+                        return None
+                    continue
+                connection.settimeout(0.5)
+                return connection
+            return None
+        finally:
+            os.close(directory)
 
     def _copy(self, connection: socket.socket) -> None:
         sink = self._log_path.open("ab")
