@@ -28,6 +28,9 @@ from prism_backends.db.engine import make_engine
 from prism_backends.http.app import create_app
 from prism_backends.runtime import Runtime
 
+# Real host-manager processes (with a QEMU stand-in), for manager and driver tests.
+pytest_plugins = ("tests.manager.processes",)
+
 POSTGRES_ENV = "PRISM_BACKENDS_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 TABLES = (

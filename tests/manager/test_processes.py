@@ -19,7 +19,7 @@ from google.protobuf import empty_pb2
 from prism_backends.agents.pki import AgentCA
 from prism_backends.manager import corim
 from prism_backends.manager.proto import inventory_pb2
-from tests.manager.conftest import (
+from tests.manager.processes import (
     ManagerProcess,
     Managers,
     agent_certificate,
