@@ -58,7 +58,7 @@ def record_of(manager: ManagerProcess, vm_id: str) -> dict[str, Any]:
 
 
 def pid_of(manager: ManagerProcess, vm_id: str) -> int:
-    return pid_of(manager, vm_id)
+    return int(record_of(manager, vm_id)["pid"])
 
 
 def test_a_cocos_client_drives_create_info_policy_and_remove(

@@ -110,7 +110,7 @@ def image_build(
     settings = context.obj
     setup_logging(settings.log_level)
     try:
-        built = image.ensure(image.default_images_dir(settings.data_dir), refresh=refresh)
+        built = image.ensure(settings.effective_images_dir, refresh=refresh)
     except image.ImageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

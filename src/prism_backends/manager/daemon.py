@@ -28,7 +28,7 @@ def guest_image(settings: ManagerSettings) -> GuestImage:
             kernel_version="configured",
             python_version="",
         )
-    return image.ensure(image.default_images_dir(settings.data_dir), check_packages=False)
+    return image.ensure(settings.effective_images_dir, check_packages=False)
 
 
 def start(settings: ManagerSettings) -> tuple[VmManager, ManagerServer]:

@@ -25,7 +25,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import py_compile
 import shutil
 import subprocess
@@ -513,16 +512,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def default_images_dir(data_dir: Path) -> Path:
-    return data_dir / "images"
-
-
-def environment_has_tools() -> list[str]:
-    """The build tools missing on this host (empty when the image can be built)."""
-    return [
-        tool
-        for tool in ("apt-get", "apt-cache", "dpkg-deb", "depmod", "modprobe")
-        if shutil.which(tool) is None and not os.path.exists(f"/sbin/{tool}")
-    ]

@@ -40,9 +40,6 @@ class ManagerSettings(BaseSettings):
     health_port: int = Field(
         7021, ge=0, le=65535, description="Port of /health and /metrics (HTTP; 0: any)."
     )
-    public_host: str = Field(
-        "", description="Host name in agent URLs (host:forwarded port). Default: the listen host."
-    )
     max_vms: int = Field(10, ge=1, description="Most VMs at once (Cocos: MANAGER_MAX_VMS).")
     max_vcpus: int = Field(
         default_factory=lambda: max(4, (os.cpu_count() or 1) * 8),
@@ -77,6 +74,9 @@ class ManagerSettings(BaseSettings):
     )
     igvm: Path | None = Field(None, description="An IGVM file for SEV-SNP launches (not OVMF).")
     host_data: str = Field("", description="SEV-SNP host data (base64 of 32 bytes), if any.")
+    images_dir: Path | None = Field(
+        None, description="Where guest images are built and cached. Default: DATA_DIR/images."
+    )
     guest_kernel: Path | None = Field(None, description="Boot this kernel, not the built image.")
     guest_initrd: Path | None = Field(None, description="Boot this initrd, not the built image.")
     guest_command_line: str = Field("", description="The kernel command line with those files.")
@@ -117,10 +117,8 @@ class ManagerSettings(BaseSettings):
         return range(int(first), int(last) + 1)
 
     @property
-    def agent_host(self) -> str:
-        if self.public_host:
-            return self.public_host
-        return "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::") else self.host  # noqa: S104
+    def effective_images_dir(self) -> Path:
+        return self.images_dir or self.data_dir / "images"
 
     @classmethod
     def settings_customise_sources(
