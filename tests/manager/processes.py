@@ -197,3 +197,16 @@ def agents_ca() -> AgentCA:
 
 def agent_certificate(ca: AgentCA, cvm_id: str) -> IssuedCertificate:
     return ca.issue_client(cvm_id, "domain-1", timedelta(days=1))
+
+
+def measured_by_the_cli(manager: ManagerProcess, *, vcpus: int) -> bytes:
+    """sev-snp-measure's own command line on the files the manager launched."""
+    root = manager.data_dir.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "sevsnpmeasure.cli", "--mode", "snp", "--vcpus", str(vcpus),
+         "--vcpu-type", "EPYC-v4", "--ovmf", str(root / "OVMF.amdsev.fd"),
+         "--kernel", str(root / "vmlinuz"), "--initrd", str(root / "initrd.gz"),
+         "--append", "console=ttyS0", "--guest-features", "0x1"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return bytes.fromhex(done.stdout.strip())

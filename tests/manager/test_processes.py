@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,6 +22,7 @@ from tests.manager.processes import (
     Managers,
     agent_certificate,
     eventually,
+    measured_by_the_cli,
     process_alive,
 )
 from tests.protoc import compile_proto, import_privately
@@ -114,19 +113,6 @@ def test_a_cocos_client_drives_create_info_policy_and_remove(
     with pytest.raises(grpc.RpcError) as missing:
         stub.CVMInfo(pb2.CVMInfoReq(id=created.cvm_id), timeout=10)
     assert missing.value.code() is grpc.StatusCode.NOT_FOUND
-
-
-def measured_by_the_cli(manager: ManagerProcess, *, vcpus: int) -> bytes:
-    """sev-snp-measure's own command line on the files the manager launched."""
-    root = manager.data_dir.parent
-    done = subprocess.run(
-        [sys.executable, "-m", "sevsnpmeasure.cli", "--mode", "snp", "--vcpus", str(vcpus),
-         "--vcpu-type", "EPYC-v4", "--ovmf", str(root / "OVMF.amdsev.fd"),
-         "--kernel", str(root / "vmlinuz"), "--initrd", str(root / "initrd.gz"),
-         "--append", "console=ttyS0", "--guest-features", "0x1"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return bytes.fromhex(done.stdout.strip())
 
 
 def test_a_retried_create_returns_the_same_vm_and_capacity_is_enforced(

@@ -12,7 +12,9 @@ import pytest
 from prism_backends.agents.pki import create_ca
 from prism_backends.manager import corim, cpio
 from prism_backends.manager.service import (
+    CreateRequest,
     ManagerError,
+    check_request,
     client_identity,
     guest_server_url,
     parse_go_duration,
@@ -108,3 +110,38 @@ def test_corim_carries_the_reference_values_deterministically() -> None:
         "guest_policy": 0x30000,
         "host_data": b"\x01" * 32,
     }
+
+
+def _request(**changes: object) -> CreateRequest:
+    ca = create_ca()
+    issued = ca.issue_client("cvm-1", "dom", timedelta(days=1))
+    values: dict[str, object] = {
+        "log_level": "info",
+        "server_ca_cert": ca.cert_pem,
+        "client_key": issued.key_pem,
+        "client_cert": issued.cert_pem,
+        "server_url": "localhost:7018",
+        "ca_url": "",
+        "ttl": "",
+        **changes,
+    }
+    return CreateRequest(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"log_level": "loud"}, "agent_log_level"),
+        ({"server_url": ""}, "agent_cvm_server_url"),
+        ({"server_url": "no-port"}, "agent_cvm_server_url"),
+        ({"server_ca_cert": b""}, "agent_cvm_server_ca_cert"),
+        ({"client_key": b"secret"}, "agent_cvm_client_key"),
+        ({"ca_url": "ftp://x"}, "agent_cvm_ca_url"),
+        ({"platform": "sev"}, "x-prism-platform"),
+    ],
+)
+def test_every_create_field_is_checked_by_name(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(ManagerError, match=field) as refused:
+        check_request(_request(**changes))
+    assert refused.value.kind == "invalid"
+    check_request(_request())  # the unchanged request passes

@@ -4,6 +4,7 @@ and the leak sweep claiming only this deployment's VMs."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -30,7 +31,7 @@ from prism_backends.providers.ultraviolet import UltravioletProvider, make_ultra
 from prism_backends.runtime import Runtime
 from prism_backends.vocabulary import LogLevel, Platform
 from tests.conftest import TokenFactory, auth
-from tests.manager.processes import ManagerProcess, Managers, process_alive
+from tests.manager.processes import ManagerProcess, Managers, measured_by_the_cli, process_alive
 
 
 def mark_of(ca: AgentCA) -> str:
@@ -125,13 +126,8 @@ def test_an_unreachable_manager_makes_delete_retry(managers: Managers) -> None:
         provider.delete("cvm-x", "vm-x")
 
 
-def test_sweep_removes_only_this_deployments_vms_that_no_cvm_owns(
-    managers: Managers,
-    make_settings: Callable[..., Settings],
-    data_dir: Path,
-    token: TokenFactory,
-) -> None:
-    manager = managers.start("sweep", development="true")
+def provider_files(data_dir: Path, manager: ManagerProcess) -> Path:
+    """A providers directory whose ultraviolet.toml reaches ``manager``."""
     providers = data_dir / "providers"
     providers.mkdir()
     files = manager.client_files
@@ -140,7 +136,56 @@ def test_sweep_removes_only_this_deployments_vms_that_no_cvm_owns(
         f'[[config.managers]]\nurl = "{manager.url}"\nclient_cert = "{files["client_cert"]}"\n'
         f'client_key = "{files["client_key"]}"\nca_cert = "{files["ca_cert"]}"\n'
     )
-    runtime = Runtime(make_settings(providers_dir=providers))
+    return providers
+
+
+def test_the_backend_keeps_the_policy_an_snp_manager_measured(
+    managers: Managers,
+    make_settings: Callable[..., Settings],
+    data_dir: Path,
+    token: TokenFactory,
+) -> None:
+    manager = managers.start("snp", platforms=["sev-snp"], accelerator="kvm")
+    runtime = Runtime(make_settings(providers_dir=provider_files(data_dir, manager)))
+    try:
+        with TestClient(create_app(runtime)) as client:
+            headers = auth(token())
+            reply = client.post(
+                "/backends/dom-1/cvms/ultraviolet/1/sev-snp", json={"name": "snp"}, headers=headers
+            )
+            cvm_id = reply.json()["id"]
+            assert (
+                client.get(
+                    f"/backends/dom-1/cvms/{cvm_id}/attestation_policy", headers=headers
+                ).status_code
+                == 409
+            )  # not provisioned yet
+            workers = LifecycleWorkers(
+                runtime.settings, runtime.sessions, runtime.catalog, runtime.agent_bootstrap
+            )
+            assert workers.run_once()
+            cvm = client.get(f"/backends/dom-1/cvms/{cvm_id}", headers=headers).json()
+            assert cvm["state"] == "provisioned" and cvm["attestation_error"] == ""
+            served = client.get(
+                f"/backends/dom-1/cvms/{cvm_id}/attestation_policy", headers=headers
+            )
+        policy = json.loads(base64.b64decode(served.json()["attestation_policy"]))
+        assert base64.b64decode(policy["policy"]["measurement"]) == measured_by_the_cli(
+            manager, vcpus=1
+        )
+        assert policy["policy"]["policy"] == 0x30000
+    finally:
+        runtime.close()
+
+
+def test_sweep_removes_only_this_deployments_vms_that_no_cvm_owns(
+    managers: Managers,
+    make_settings: Callable[..., Settings],
+    data_dir: Path,
+    token: TokenFactory,
+) -> None:
+    manager = managers.start("sweep", development="true")
+    runtime = Runtime(make_settings(providers_dir=provider_files(data_dir, manager)))
     try:
         with TestClient(create_app(runtime)) as client:
             reply = client.post(

@@ -119,6 +119,28 @@ def client_identity(cert_pem: bytes) -> ClientIdentity:
     )
 
 
+AGENT_LOG_LEVELS = ("", "debug", "info", "warn", "error")
+
+
+def check_request(request: CreateRequest) -> None:
+    """Every CreateReq field is used; refuse the ones that could not work, by name."""
+    if request.log_level.lower() not in AGENT_LOG_LEVELS:
+        raise ManagerError("invalid", "agent_log_level must be debug, info, warn or error")
+    host, separator, port = request.server_url.rpartition(":")
+    if not separator or not host or not port.isdigit():
+        raise ManagerError(
+            "invalid", "agent_cvm_server_url must be host:port of the agents endpoint"
+        )
+    if b"-----BEGIN CERTIFICATE-----" not in request.server_ca_cert:
+        raise ManagerError("invalid", "agent_cvm_server_ca_cert must be a PEM certificate")
+    if b"PRIVATE KEY-----" not in request.client_key:
+        raise ManagerError("invalid", "agent_cvm_client_key must be a PEM private key")
+    if request.ca_url and not request.ca_url.startswith(("http://", "https://")):
+        raise ManagerError("invalid", "agent_cvm_ca_url must be an http(s) URL when given")
+    if request.platform not in ("", "sev-snp", "tdx"):
+        raise ManagerError("invalid", "x-prism-platform must be sev-snp or tdx")
+
+
 def guest_server_url(url: str) -> str:
     """The agents endpoint as the guest dials it: the host's loopback is 10.0.2.2 there."""
     host, separator, port = url.rpartition(":")
@@ -193,6 +215,7 @@ class VmManager:
     # --- the four RPCs -----------------------------------------------------------------
 
     def create(self, request: CreateRequest) -> VmRecord:
+        check_request(request)
         identity = client_identity(request.client_cert)
         ttl = parse_go_duration(request.ttl)
         with self._lock:
