@@ -218,21 +218,19 @@ def test_sweep_removes_only_this_deployments_vms_that_no_cvm_owns(
 def test_prism_style_configuration_is_read(tmp_path: Path) -> None:
     for name in ("cert", "key", "ca"):
         (tmp_path / f"{name}.pem").write_text(name)
-    document = {
-        "name": "ultraviolet",
-        "config": {
-            "sev_snp_url": "host-a:7019",
-            "sev_snp_client_cert": str(tmp_path / "cert.pem"),
-            "sev_snp_client_key": str(tmp_path / "key.pem"),
-            "sev_snp_ca_cert": str(tmp_path / "ca.pem"),
-            "defaultplanTTL": "24h",
-        },
+    settings: dict[str, Any] = {
+        "sev_snp_url": "127.0.0.1:9",  # nothing listens: no manager answers
+        "sev_snp_client_cert": str(tmp_path / "cert.pem"),
+        "sev_snp_client_key": str(tmp_path / "key.pem"),
+        "sev_snp_ca_cert": str(tmp_path / "ca.pem"),
+        "defaultplanTTL": "24h",
     }
+    document: dict[str, Any] = {"name": "ultraviolet", "config": settings}
     config = parse_document(document, source="ultraviolet.toml", base_dir=tmp_path)
     provider = make_ultraviolet(config)  # no manager answers: the configured lists stand
     assert provider.offerings[Platform.SEV_SNP] == {1, 2, 4, 8, 16}
     broken = parse_document(
-        {**document, "config": {**document["config"], "sev_snp_client_key": "/nonexistent"}},
+        {**document, "config": {**settings, "sev_snp_client_key": "/nonexistent"}},
         source="ultraviolet.toml",
         base_dir=tmp_path,
     )
