@@ -35,6 +35,7 @@ from prism_backends.db import migrate as migrations
 from prism_backends.http.app import create_app
 from prism_backends.lifecycle.worker import LifecycleWorkers
 from prism_backends.manager.local import LocalManager
+from prism_backends.providers.config import DEFAULT_VCPUS, ProviderConfig
 from prism_backends.runtime import Runtime
 from prism_backends.statistics.sampler import Sampler
 from prism_backends.vocabulary import DOMAIN_ID_PATTERN
@@ -181,11 +182,18 @@ def _start_local_manager(runtime: Runtime) -> LocalManager | None:
         runtime.settings.data_dir / "manager", log_level=runtime.settings.log_level
     )
     try:
-        runtime.extra_providers["ultraviolet"] = beside.start()
+        settings = beside.start()
     except (OSError, RuntimeError) as exc:
         log.error("the local manager is not available, so neither is 'ultraviolet': %s", exc)
         beside.stop()
         return None
+    runtime.extra_providers["ultraviolet"] = ProviderConfig(
+        name="ultraviolet",
+        enabled=True,
+        driver="ultraviolet",
+        settings={**DEFAULT_VCPUS["ultraviolet"], **settings},
+        source=f"the local manager in {beside.data_dir}",
+    )
     log.info("local manager on localhost:%d (pid %d)", beside.port, beside.pid)
     return beside
 

@@ -4,7 +4,7 @@ way to real VMs with no other configuration.
 It runs ``prism-backends manager`` as a child process in development mode
 (plain VMs allowed, marked not confidential) with its data in
 ``DATA_DIR/manager``, restarts it if it dies (its VMs are re-adopted), and
-hands the service the ``ultraviolet`` provider configuration that reaches it.
+hands the service the ``[config]`` of an ``ultraviolet`` provider that reaches it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-from prism_backends.providers.config import DEFAULT_VCPUS, ProviderConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +41,25 @@ class LocalManager:
     def pid(self) -> int:
         return self._process.pid if self._process else 0
 
-    def start(self, ready_seconds: float = READY_SECONDS) -> ProviderConfig:
-        """Start the manager and wait until it answers; the provider configuration
-        that reaches it. Raises RuntimeError (with its log's tail) if it does not come up."""
+    def start(self, ready_seconds: float = READY_SECONDS) -> dict[str, object]:
+        """Start the manager and wait until it answers; the ``[config]`` of an
+        ultraviolet provider that reaches it. Raises RuntimeError (with its
+        log's tail) if it does not come up."""
         self._spawn()
         self._wait_ready(ready_seconds)
         self._watcher.start()
-        return self.provider_config()
+        return self.provider_settings()
 
-    def provider_config(self) -> ProviderConfig:
+    def provider_settings(self) -> dict[str, object]:
         client = self.data_dir / "tls" / "client"
-        return ProviderConfig(
-            name="ultraviolet",
-            enabled=True,
-            driver="ultraviolet",
-            settings={
-                **DEFAULT_VCPUS["ultraviolet"],
-                "managers": [
-                    {
-                        "url": f"localhost:{self.port}",
-                        "platforms": ["sev-snp", "tdx"],
-                        "client_cert": str(client / "cert.pem"),
-                        "client_key": str(client / "key.pem"),
-                        "ca_cert": str(client / "ca.pem"),
-                    }
-                ],
-            },
-            source=f"the local manager in {self.data_dir}",
-        )
+        manager = {
+            "url": f"localhost:{self.port}",
+            "platforms": ["sev-snp", "tdx"],
+            "client_cert": str(client / "cert.pem"),
+            "client_key": str(client / "key.pem"),
+            "ca_cert": str(client / "ca.pem"),
+        }
+        return {"managers": [manager]}
 
     def stop(self) -> None:
         """Stop the manager; its VMs keep running and are re-adopted at the next start."""
