@@ -188,12 +188,15 @@ class ConsoleCopier:
                 if not chunk:
                     self._stop.set()  # QEMU closed the console: the VM ended
                     return
-                sink.write(chunk)
+                while chunk:
+                    room = max(self._max_bytes - sink.tell(), 0)
+                    sink.write(chunk[:room])
+                    chunk = chunk[room:]
+                    if sink.tell() >= self._max_bytes:
+                        sink.close()
+                        self._rotate()
+                        sink = self._log_path.open("ab")
                 sink.flush()
-                if sink.tell() >= self._max_bytes:
-                    sink.close()
-                    self._rotate()
-                    sink = self._log_path.open("ab")
         finally:
             sink.close()
 
