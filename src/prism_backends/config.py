@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -20,7 +20,38 @@ DEFAULT_DATA_DIR = Path(".prism-backends")
 SLIRP_HOST_ADDRESS = "10.0.2.2"
 
 
-class Settings(BaseSettings):
+class LayeredSettings(BaseSettings):
+    """Flags (init arguments), then the environment, then a TOML file: the
+    precedence every command's settings share. The file is set per load."""
+
+    config_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
+        return tuple(sources)
+
+
+LayeredT = TypeVar("LayeredT", bound=LayeredSettings)
+
+
+def load_layered(kind: type[LayeredT], config_file: Path | None, **overrides: Any) -> LayeredT:
+    """``kind`` from flags (None means 'not given'), environment and ``config_file``."""
+    configured = type(f"Configured{kind.__name__}", (kind,), {"config_file": config_file})
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return configured(**given)  # type: ignore[no-any-return]
+
+
+class Settings(LayeredSettings):
     """Everything the service can be told. Each field's description is its help text."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
@@ -144,8 +175,6 @@ class Settings(BaseSettings):
     stats_retention_days: int = Field(90, ge=1, description="Days of uptime samples kept.")
     stats_interval_seconds: float = Field(300.0, gt=0, description="Uptime sampling interval.")
 
-    config_file: ClassVar[Path | None] = None
-
     @field_validator("base_path")
     @classmethod
     def _normalise_base_path(cls, value: str) -> str:
@@ -156,20 +185,6 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls.config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
-        return tuple(sources)
 
     @property
     def effective_database_url(self) -> str:
@@ -200,14 +215,7 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build settings; ``overrides`` are flags (None means 'not given')."""
-    path = config_file or _env_config_file()
-
-    class _Configured(Settings):
-        pass
-
-    _Configured.config_file = path
-    given = {key: value for key, value in overrides.items() if value is not None}
-    return _Configured(**given)
+    return load_layered(Settings, config_file or _env_config_file(), **overrides)
 
 
 def _env_config_file() -> Path | None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
+
+from prism_backends.config import LayeredSettings, load_layered
 
 ENV_PREFIX = "PRISM_MANAGER_"
 
@@ -26,7 +23,7 @@ def _default_memory_budget() -> int:
     return int(pages * 0.75) // (1 << 20)
 
 
-class ManagerSettings(BaseSettings):
+class ManagerSettings(LayeredSettings):
     """Everything a host manager can be told. Each description is its help text."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
@@ -101,8 +98,6 @@ class ManagerSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="")
 
-    config_file: ClassVar[Path | None] = None
-
     @field_validator("port_range")
     @classmethod
     def _check_range(cls, value: str) -> str:
@@ -120,24 +115,6 @@ class ManagerSettings(BaseSettings):
     def effective_images_dir(self) -> Path:
         return self.images_dir or self.data_dir / "images"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls.config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
-        return tuple(sources)
-
 
 def load_manager_settings(config_file: Path | None = None, **overrides: Any) -> ManagerSettings:
-    class _Configured(ManagerSettings):
-        pass
-
-    _Configured.config_file = config_file
-    return _Configured(**{key: value for key, value in overrides.items() if value is not None})
+    return load_layered(ManagerSettings, config_file, **overrides)
