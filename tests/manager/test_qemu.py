@@ -67,8 +67,11 @@ def test_sev_snp_launch_has_cocos_objects_and_machine_options() -> None:
     assert options(argv, "-kernel") == ["/img/vmlinuz"]
     assert options(argv, "-initrd") == ["/img/initrd.gz"]
     assert options(argv, "-append") == ["console=ttyS0"]
-    # Devices reach confidential guests' memory through the IOMMU path only.
-    assert any("iommu_platform=true" in device for device in options(argv, "-device"))
+    # Cocos' network device: devices reach confidential guests' memory through the IOMMU path.
+    assert (
+        "virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev=vmnic,addr=0x2,romfile="
+        in options(argv, "-device")
+    )
 
 
 def test_sev_snp_with_igvm_uses_it_instead_of_ovmf() -> None:

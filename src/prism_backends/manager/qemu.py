@@ -1,6 +1,7 @@
 """The QEMU command line of one VM: a pure function of its launch settings.
 
-The layout follows Cocos' manager (``manager/qemu``): q35, user-mode
+The layout follows Cocos' manager (``manager/qemu``, its MANAGER_QEMU_*
+defaults): q35, user-mode
 networking that forwards a host port to the agent's 7002, the certificates
 and the environment file as 9p shares named ``certs_share`` and
 ``env_share``, direct kernel boot, and per platform:
@@ -13,6 +14,13 @@ and the environment file as 9p shares named ``certs_share`` and
 - TDX: a ``tdx-guest`` object with its quote-generation socket, the split
   irqchip, ``hpet=off`` and OVMF as ``-bios``.
 - none: a plain VM (development only: nothing in it is confidential).
+
+Where this departs from Cocos' defaults, it is on purpose: OVMF is given as
+``-bios`` (QEMU takes SEV-SNP and TDX firmware no other way; Cocos' pflash
+drives are for plain boots), the memory is not hot-pluggable (``slots`` and
+``maxmem`` do not apply to confidential guests), no vsock device is added
+(nothing here speaks vsock), and the serial console goes to a socket the
+manager logs, not a pty.
 
 No I/O here: paths are taken as given, so the lines can be checked anywhere.
 """
@@ -199,7 +207,10 @@ def _network(vm: VmLaunch) -> list[str]:
     device = f"virtio-net-pci,netdev={NETDEV_ID},romfile="
     if vm.launch is not Launch.PLAIN:
         # Confidential guests only let devices reach memory through the IOMMU path.
-        device = f"virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev={NETDEV_ID},romfile="
+        device = (
+            f"virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev={NETDEV_ID},"
+            "addr=0x2,romfile="
+        )
     return ["-netdev", f"user,id={NETDEV_ID},{forward}", "-device", device]
 
 
