@@ -24,7 +24,9 @@ from prism_backends.attestation.tdx.abi import parse_quote
 from prism_backends.attestation.tdx.roots import bundled_roots as tdx_roots
 
 attestation_app = typer.Typer(
-    help="Verify or show SEV-SNP reports and TDX quotes.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Verify or show SEV-SNP reports and TDX quotes.",
+    no_args_is_help=True,
 )
 
 EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_USAGE = 0, 1, 2

@@ -43,13 +43,16 @@ from prism_backends.vocabulary import DOMAIN_ID_PATTERN
 log = logging.getLogger("prism_backends")
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="prism-backends",
     help="Control plane for confidential VMs (AMD SEV-SNP, Intel TDX).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-token_app = typer.Typer(help="Bearer tokens from the embedded issuer.", no_args_is_help=True)
+token_app = typer.Typer(
+    rich_markup_mode=None, help="Bearer tokens from the embedded issuer.", no_args_is_help=True
+)
 app.add_typer(token_app, name="token")
 app.add_typer(attestation_app, name="attestation")
 app.add_typer(manager_app, name="manager")

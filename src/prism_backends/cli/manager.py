@@ -15,10 +15,13 @@ from prism_backends.manager import daemon, image
 from prism_backends.manager.settings import load_manager_settings
 
 manager_app = typer.Typer(
+    rich_markup_mode=None,
     help="The host manager: Cocos' ManagerService over mutual TLS, one QEMU VM per CVM.",
     invoke_without_command=True,
 )
-image_app = typer.Typer(help="The guest image the manager boots.", no_args_is_help=True)
+image_app = typer.Typer(
+    rich_markup_mode=None, help="The guest image the manager boots.", no_args_is_help=True
+)
 manager_app.add_typer(image_app, name="image")
 
 ManagerConfigOpt = Annotated[

@@ -15,7 +15,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -53,7 +53,7 @@ class CreateRequest:
 
     log_level: str
     server_ca_cert: bytes
-    client_key: bytes
+    client_key: bytes = field(repr=False)
     client_cert: bytes
     server_url: str
     ca_url: str
