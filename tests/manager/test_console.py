@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
-from prism_backends.manager.supervisor import CONSOLE_LOG, CONSOLE_SOCKET, ConsoleCopier
+from prism_backends.manager.supervisor import (
+    CONSOLE_LOG,
+    CONSOLE_SOCKET,
+    ConsoleCopier,
+    find_by_name,
+)
 from tests.manager.processes import eventually
 
 
@@ -48,3 +55,16 @@ def test_console_output_is_logged_and_rotated(tmp_path: Path) -> None:
 
 def _dir_fd(directory: Path) -> int:
     return os.open(directory, os.O_PATH | os.O_DIRECTORY)
+
+
+def test_a_qemu_whose_pid_was_never_recorded_is_found_by_its_name(tmp_path: Path) -> None:
+    name = f"vm-{os.getpid()}-{tmp_path.name}"
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name", name])
+    try:
+        found = eventually(lambda: find_by_name(name), what="the process is found")
+        assert found[0] == process.pid
+        assert find_by_name(f"{name}-other") is None
+    finally:
+        process.kill()
+        process.wait()
+    assert find_by_name(name) is None

@@ -27,7 +27,7 @@ from prism_backends.manager import measure, qemu
 from prism_backends.manager.host import HostFacts
 from prism_backends.manager.image import GuestImage
 from prism_backends.manager.settings import ManagerSettings
-from prism_backends.manager.supervisor import CONSOLE_SOCKET, Supervisor
+from prism_backends.manager.supervisor import CONSOLE_SOCKET, Supervisor, find_by_name
 from prism_backends.manager.vms import VmRecord, VmStore
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,11 @@ class VmManager:
         dead ones kept as stopped, half-made directories removed."""
         with self._lock:
             for record in self.store.load_all():
+                if not record.pid:
+                    # The manager died between launching QEMU and recording its PID.
+                    found = find_by_name(record.id)
+                    if found is not None:
+                        record = record.with_changes(pid=found[0], pid_start=found[1])
                 if self.supervisor.alive(record.pid, record.pid_start):
                     self.supervisor.follow_console(record.id, self.store.directory(record.id))
                     record = record.with_changes(state="running")

@@ -45,6 +45,25 @@ def is_alive(pid: int, started: str) -> bool:
     return state != "Z"
 
 
+def find_by_name(name: str) -> tuple[int, str] | None:
+    """The QEMU process launched with ``-name NAME`` (PID, start time), if any:
+    how a VM is found again when the manager died before recording its PID."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for index, word in enumerate(argv[:-1]):
+            if word == b"-name" and argv[index + 1] == name.encode():
+                pid = int(entry.name)
+                started = start_time(pid)
+                if started and is_alive(pid, started):
+                    return pid, started
+    return None
+
+
 class Supervisor:
     def __init__(self, *, grace_seconds: float, log_bytes: int, logs_kept: int) -> None:
         self._grace = grace_seconds
