@@ -29,7 +29,7 @@ from prism_backends.providers.registry import Catalog
 from prism_backends.vocabulary import State
 
 # (session, domain id, CVM id) -> what that CVM's agent needs to dial in.
-BootstrapSource = Callable[[Session, str, str], AgentBootstrap | None]
+AgentBootstrapFor = Callable[[Session, str, str], AgentBootstrap | None]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class LifecycleWorkers:
         settings: Settings,
         sessions: sessionmaker[Session],
         catalog: Catalog,
-        bootstrap: BootstrapSource | None = None,
+        bootstrap: AgentBootstrapFor | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions

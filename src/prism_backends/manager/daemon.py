@@ -4,6 +4,7 @@ VMs of a previous run, and the endpoints."""
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 
 from prism_backends.manager import host, image
@@ -33,6 +34,11 @@ def guest_image(settings: ManagerSettings) -> GuestImage:
 
 def start(settings: ManagerSettings) -> tuple[VmManager, ManagerServer]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if shutil.which(settings.qemu_binary) is None:
+        raise OSError(
+            f"{settings.qemu_binary} is not installed: the manager launches every VM with it "
+            "(Debian: apt-get install qemu-system-x86)"
+        )
     guest = guest_image(settings)
     facts = host.detect(
         settings.qemu_binary, guest.kernel, settings.accelerator, settings.platforms
