@@ -145,3 +145,12 @@ def test_every_create_field_is_checked_by_name(changes: dict[str, object], field
         check_request(_request(**changes))
     assert refused.value.kind == "invalid"
     check_request(_request())  # the unchanged request passes
+
+
+def test_manager_paths_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prism_backends.manager.settings import load_manager_settings
+
+    monkeypatch.chdir(tmp_path)
+    settings = load_manager_settings(None, data_dir=Path("relative/manager"))
+    assert settings.data_dir == tmp_path / "relative" / "manager"
+    assert settings.effective_images_dir == tmp_path / "relative" / "manager" / "images"

@@ -158,6 +158,7 @@ def ensure(
     inputs (the agent, gRPC, this builder) are unchanged is taken as is, without
     asking apt about newer Debian packages; ``manager image build`` asks.
     """
+    images_dir = images_dir.resolve()  # build steps run in other directories
     images_dir.mkdir(parents=True, exist_ok=True)
     if not check_packages and not refresh:
         current = _current_if_unchanged(images_dir)

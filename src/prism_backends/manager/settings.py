@@ -98,6 +98,13 @@ class ManagerSettings(LayeredSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="")
 
+    @field_validator("data_dir", "images_dir", "ovmf", "igvm", "guest_kernel", "guest_initrd")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # QEMU runs in each VM's directory and the image build in its own: a
+        # relative path would name another file there.
+        return value.resolve() if value is not None else None
+
     @field_validator("port_range")
     @classmethod
     def _check_range(cls, value: str) -> str:
