@@ -192,4 +192,10 @@ def test_an_ultraviolet_cvm_is_a_real_vm_whose_agent_dials_in(service: Service) 
     gone_seconds = time.monotonic() - deleted_at
     listed = service.call("GET", "/cvms", params={"status": "inactive"}).json()["cvms"]
     assert [item["id"] for item in listed] == [cvm_id]
+
+    # Stopping serve stops its manager too (VMs, if any, would stay for the next start).
+    manager = service.manager_pid()
+    service.stop()
+    assert service.process.returncode == 0, service.tail()
+    eventually(lambda: not process_alive(manager), 30, "the local manager stops with serve")
     print(f"POST to running {boot_seconds:.1f} s; DELETE to no process {gone_seconds:.1f} s")

@@ -119,7 +119,16 @@ def _serve_http(runtime: Runtime) -> None:
         server_header=False,
     )
     log.info("HTTP API on http://%s:%d%s", settings.host, settings.port, settings.base_path)
+    # uvicorn raises the signal that stopped it again once it is done: let that
+    # reach a no-op, so that this process's own shutdown (the workers, a local
+    # manager) runs instead of the process dying at once.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _already_handled)
     uvicorn.Server(config).run()
+
+
+def _already_handled(_signum: int, _frame: object) -> None:
+    return None
 
 
 @app.command()
