@@ -333,7 +333,10 @@ def _assemble(root: Path, staging: Path, kernel_version: str, python: str, runne
     stdlib = staging / "usr" / "lib" / f"python{python}"
     for name in STDLIB_PRUNED:
         for match in stdlib.glob(f"{name}*"):
-            shutil.rmtree(match, ignore_errors=True) if match.is_dir() else match.unlink()
+            if match.is_dir():
+                shutil.rmtree(match, ignore_errors=True)
+            else:
+                match.unlink()
     _install_busybox(staging)
     _install_modules(root, staging, kernel_version, runner)
     # Debian's Python looks for packages in dist-packages, not site-packages.

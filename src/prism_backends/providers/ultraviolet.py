@@ -216,6 +216,28 @@ class UltravioletProvider:
                     )
         return owned
 
+    def take_offerings_from_managers(self) -> None:
+        """Offer what the managers say they offer; keep the configured lists when
+        none of them can say (unreachable now, or stock Cocos managers)."""
+        offered: dict[Platform, set[int]] = {}
+        answered = False
+        for endpoint in self._managers:
+            try:
+                capacity = self.capacity(endpoint, timeout=PROBE_SECONDS)
+            except grpc.RpcError as exc:
+                log.warning("manager %s is not reachable now: %s", endpoint.url, _code(exc).name)
+                continue
+            if capacity is None:
+                continue
+            answered = True
+            for platform in endpoint.platforms:
+                if platform.value in list(capacity.platforms) or capacity.development:
+                    offered.setdefault(platform, set()).update(capacity.vcpu_counts)
+        if answered:
+            self._offerings = {
+                platform: frozenset(counts) for platform, counts in offered.items() if counts
+            }
+
     # --- talking to managers --------------------------------------------------------
 
     def _channel(self, endpoint: ManagerEndpoint) -> grpc.Channel:
@@ -272,7 +294,7 @@ class UltravioletProvider:
     def _rooms(self, managers: list[ManagerEndpoint], request: MachineRequest) -> list[_Room]:
         """The managers that can take this VM, the roomiest first; those that
         cannot tell their capacity after them."""
-        measured: list[_Room] = []
+        measured: list[tuple[inventory_pb2.CapacityRes, ManagerEndpoint]] = []
         unknown: list[_Room] = []
         for endpoint in managers:
             try:
@@ -283,14 +305,9 @@ class UltravioletProvider:
             if capacity is None:
                 unknown.append(_Room(endpoint, None))
             elif _fits(capacity, request):
-                measured.append(_Room(endpoint, capacity))
-        measured.sort(
-            key=lambda room: (
-                -(room.capacity.max_vcpus - room.capacity.vcpus_used),  # type: ignore[union-attr]
-                -(room.capacity.max_vms - room.capacity.vms),  # type: ignore[union-attr]
-            )
-        )
-        return measured + unknown
+                measured.append((capacity, endpoint))
+        measured.sort(key=lambda pair: _room_left(pair[0]), reverse=True)
+        return [_Room(endpoint, capacity) for capacity, endpoint in measured] + unknown
 
     def _create_on(
         self, endpoint: ManagerEndpoint, request: MachineRequest
@@ -350,6 +367,11 @@ class UltravioletProvider:
             return bytes(served.info), ""
         except grpc.RpcError as exc:
             return None, f"no attestation policy from the manager: {_code(exc).name}"
+
+
+def _room_left(capacity: inventory_pb2.CapacityRes) -> tuple[int, int]:
+    """Free vCPUs, then free VM slots: the order placement prefers managers in."""
+    return capacity.max_vcpus - capacity.vcpus_used, capacity.max_vms - capacity.vms
 
 
 def _fits(capacity: inventory_pb2.CapacityRes, request: MachineRequest) -> bool:
@@ -434,30 +456,5 @@ def make_ultraviolet(config: ProviderConfig) -> UltravioletProvider:
     provider = UltravioletProvider(
         managers, configured, ttl=ttl, deployment_mark=config.deployment_mark
     )
-    provider_offerings = _offerings_from_managers(provider, managers)
-    if provider_offerings is not None:
-        provider._offerings = provider_offerings
+    provider.take_offerings_from_managers()
     return provider
-
-
-def _offerings_from_managers(
-    provider: UltravioletProvider, managers: list[ManagerEndpoint]
-) -> dict[Platform, frozenset[int]] | None:
-    """What the managers say they offer, or None if none of them can say."""
-    offered: dict[Platform, set[int]] = {}
-    answered = False
-    for endpoint in managers:
-        try:
-            capacity = provider.capacity(endpoint, timeout=PROBE_SECONDS)
-        except grpc.RpcError as exc:
-            log.warning("manager %s is not reachable now: %s", endpoint.url, _code(exc).name)
-            continue
-        if capacity is None:
-            continue
-        answered = True
-        for platform in endpoint.platforms:
-            if platform.value in list(capacity.platforms) or capacity.development:
-                offered.setdefault(platform, set()).update(capacity.vcpu_counts)
-    if not answered:
-        return None
-    return {platform: frozenset(counts) for platform, counts in offered.items() if counts}
