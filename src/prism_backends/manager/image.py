@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from prism_backends import agent
 from prism_backends.manager import cpio
 
 log = logging.getLogger(__name__)
@@ -86,18 +87,6 @@ PRUNED_DIRECTORIES = (
     "lib/modules",
     "usr/lib/modules",
     "etc",
-)
-AGENT_MODULES = (
-    "prism_backends/__init__.py",
-    "prism_backends/agent/__init__.py",
-    "prism_backends/agent/__main__.py",
-    "prism_backends/agent/client.py",
-    "prism_backends/agent/config.py",
-    "prism_backends/agent/evidence.py",
-    "prism_backends/agents/__init__.py",
-    "prism_backends/agents/proto/__init__.py",
-    "prism_backends/agents/proto/cvms_pb2.py",
-    "prism_backends/agents/proto/cvms_pb2_grpc.py",
 )
 # Python distributions copied from this installation, by import name.
 PYTHON_PACKAGES = ("grpc", "google.protobuf", "google._upb", "typing_extensions")
@@ -268,7 +257,7 @@ def _inputs(debs: list[Path]) -> dict[str, object]:
 
 def _own_inputs() -> dict[str, object]:
     """The inputs that are not Debian packages: this builder, the agent, gRPC."""
-    sources = {path: _sha256(_source_root() / path) for path in AGENT_MODULES}
+    sources = {path: _sha256(_source_root() / path) for path in agent.MODULES}
     python_files = {
         f"{root.name}/{name}": digest
         for root in _python_package_roots()
@@ -355,7 +344,7 @@ def _assemble(root: Path, staging: Path, kernel_version: str, python: str, runne
             dirs_exist_ok=True,
             ignore=shutil.ignore_patterns("__pycache__", "*.pyi", "*.pyc"),
         )
-    for relative in AGENT_MODULES:
+    for relative in agent.MODULES:
         destination = site / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(_source_root() / relative, destination)
