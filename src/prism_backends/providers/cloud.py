@@ -15,11 +15,14 @@ import base64
 import gzip
 import io
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prism_backends import agent
 from prism_backends.providers.base import MachineRequest, TerminalProviderError
+from prism_backends.providers.config import ProviderConfigError
 
 # Azure refuses more; the others allow at least this much.
 MAX_USER_DATA_BYTES = 64 * 1024
@@ -36,6 +39,19 @@ class AgentChoice:
 
     kind: str = "reference"
     cocos_agent_url: str = ""
+
+
+def agent_choice(settings: Mapping[str, Any], source: str) -> AgentChoice:
+    """The ``agent`` and ``cocos_agent_url`` keys of a provider's ``[config]``."""
+    kind = settings.get("agent", "reference")
+    if kind not in ("reference", "cocos"):
+        raise ProviderConfigError(f"{source}: [config] agent must be reference or cocos")
+    url = settings.get("cocos_agent_url", "")
+    if kind == "cocos" and not (isinstance(url, str) and url.startswith("https://")):
+        raise ProviderConfigError(
+            f'{source}: [config] agent = "cocos" needs cocos_agent_url (https)'
+        )
+    return AgentChoice(kind=str(kind), cocos_agent_url=str(url))
 
 
 def machine_name(cvm_id: str) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
+from prism_backends.providers.aws import make_aws
 from prism_backends.providers.base import Provider, ProviderUnavailable
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError, load_configs
 from prism_backends.providers.external import make_external
@@ -22,6 +23,7 @@ DriverFactory = Callable[[ProviderConfig], Provider]
 # Built-in drivers. A provider whose driver is not here (and not a
 # "module:factory" path) cannot be enabled.
 DRIVERS: dict[str, DriverFactory] = {
+    "aws": make_aws,
     "external": make_external,
     "ultraviolet": make_ultraviolet,
 }
