@@ -13,6 +13,7 @@ from prism_backends.providers.aws import make_aws
 from prism_backends.providers.base import Provider, ProviderUnavailable
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError, load_configs
 from prism_backends.providers.external import make_external
+from prism_backends.providers.gcp import make_gcp
 from prism_backends.providers.ultraviolet import make_ultraviolet
 from prism_backends.vocabulary import PROVIDER_NAMES, Platform
 
@@ -25,6 +26,7 @@ DriverFactory = Callable[[ProviderConfig], Provider]
 DRIVERS: dict[str, DriverFactory] = {
     "aws": make_aws,
     "external": make_external,
+    "gcp": make_gcp,
     "ultraviolet": make_ultraviolet,
 }
 
