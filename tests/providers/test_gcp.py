@@ -152,3 +152,22 @@ def test_injected_failures_end_as_classified(
 def test_missing_keys_are_named() -> None:
     with pytest.raises(ProviderConfigError, match="project_id"):
         make_gcp(ProviderConfig("gcp", True, "gcp", {"region": "x"}, source="gcp.toml"))
+
+
+def test_the_catalog_loads_the_driver_when_gcp_is_enabled(compute: tuple[FakeCompute, str]) -> None:
+    from prism_backends.providers.config import default_configs
+    from prism_backends.providers.registry import build_catalog
+
+    _fake, url = compute
+    configs = default_configs()
+    configs["gcp"] = ProviderConfig(
+        name="gcp",
+        enabled=True,
+        driver="gcp",
+        settings={"project_id": "p", "region": "us-central1", "image": "i", "api_endpoint": url,
+                  "anonymous_credentials": True, "vcpusSEV": [2], "vcpusTDX": []},
+        source="gcp.toml",
+    )  # fmt: skip
+    entry = build_catalog(configs).get("gcp")
+    assert entry is not None and isinstance(entry.provider, GcpProvider)
+    assert entry.provider.offerings[Platform.SEV_SNP] == {2}

@@ -9,11 +9,9 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
-from prism_backends.providers.aws import make_aws
 from prism_backends.providers.base import Provider, ProviderUnavailable
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError, load_configs
 from prism_backends.providers.external import make_external
-from prism_backends.providers.gcp import make_gcp
 from prism_backends.providers.ultraviolet import make_ultraviolet
 from prism_backends.vocabulary import PROVIDER_NAMES, Platform
 
@@ -21,12 +19,24 @@ log = logging.getLogger(__name__)
 
 DriverFactory = Callable[[ProviderConfig], Provider]
 
+
 # Built-in drivers. A provider whose driver is not here (and not a
 # "module:factory" path) cannot be enabled.
+def _imported_when_used(module: str, factory: str) -> DriverFactory:
+    """A factory whose module (a cloud SDK: seconds to import) loads only when
+    a deployment enables that provider."""
+
+    def make(config: ProviderConfig) -> Provider:
+        built: Provider = getattr(importlib.import_module(module), factory)(config)
+        return built
+
+    return make
+
+
 DRIVERS: dict[str, DriverFactory] = {
-    "aws": make_aws,
+    "aws": _imported_when_used("prism_backends.providers.aws", "make_aws"),
     "external": make_external,
-    "gcp": make_gcp,
+    "gcp": _imported_when_used("prism_backends.providers.gcp", "make_gcp"),
     "ultraviolet": make_ultraviolet,
 }
 
