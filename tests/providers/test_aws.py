@@ -8,7 +8,6 @@ import base64
 import logging
 import socket
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -17,18 +16,17 @@ import yaml
 from botocore.stub import ANY, Stubber
 from moto.server import ThreadedMotoServer
 
-from prism_backends.agents.pki import create_ca
 from prism_backends.providers import cloud
 from prism_backends.providers.aws import AwsProvider, make_aws
 from prism_backends.providers.base import (
-    AgentBootstrap,
     MachineRequest,
     MachineState,
     RetryableProviderError,
     TerminalProviderError,
 )
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError
-from prism_backends.vocabulary import LogLevel, Platform
+from prism_backends.vocabulary import Platform
+from tests.providers.machine_requests import machine_request
 
 MARK = "a1b2c3d4e5f6"
 
@@ -72,22 +70,7 @@ def config(endpoint: str, mark: str = MARK, **settings: Any) -> ProviderConfig:
 
 
 def request_for(cvm_id: str, vcpus: int = 2) -> MachineRequest:
-    ca = create_ca()
-    issued = ca.issue_client(cvm_id, "dom-1", timedelta(days=1))
-    return MachineRequest(
-        cvm_id=cvm_id,
-        domain_id="dom-1",
-        name="n",
-        platform=Platform.SEV_SNP,
-        vcpus=vcpus,
-        agent_log_level=LogLevel.INFO,
-        agent=AgentBootstrap(
-            server_url="prism.example.com:7018",
-            ca_cert_pem=ca.cert_pem,
-            client_cert_pem=issued.cert_pem,
-            client_key_pem=issued.key_pem,
-        ),
-    )
+    return machine_request(cvm_id, vcpus=vcpus)
 
 
 def sent(provider: AwsProvider, operation: str) -> list[dict[str, Any]]:

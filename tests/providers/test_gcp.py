@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from prism_backends.agents.pki import create_ca
 from prism_backends.providers.base import (
-    AgentBootstrap,
     MachineRequest,
     MachineState,
     RetryableProviderError,
@@ -21,8 +18,9 @@ from prism_backends.providers.base import (
 )
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError
 from prism_backends.providers.gcp import GcpProvider, make_gcp, request_id_for
-from prism_backends.vocabulary import LogLevel, Platform
+from prism_backends.vocabulary import Platform
 from tests.fakes.gcp_compute import FakeCompute, Injected, serve
+from tests.providers.machine_requests import machine_request
 
 MARK = "0f1e2d3c4b5a"
 
@@ -62,19 +60,7 @@ def provider_for(url: str, mark: str = MARK) -> GcpProvider:
 def request_for(
     cvm_id: str, platform: Platform = Platform.SEV_SNP, vcpus: int = 2
 ) -> MachineRequest:
-    ca = create_ca()
-    issued = ca.issue_client(cvm_id, "Dom.1", timedelta(days=1))
-    return MachineRequest(
-        cvm_id=cvm_id,
-        domain_id="Dom.1",
-        name="n",
-        platform=platform,
-        vcpus=vcpus,
-        agent_log_level=LogLevel.INFO,
-        agent=AgentBootstrap(
-            "prism.example.com:7018", ca.cert_pem, issued.cert_pem, issued.key_pem
-        ),
-    )
+    return machine_request(cvm_id, platform=platform, vcpus=vcpus, domain_id="Dom.1")
 
 
 def test_create_describe_delete_and_sweep_listing_round_trip(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from prism_backends.http.app import create_app
 from prism_backends.lifecycle import sweeper
 from prism_backends.lifecycle.worker import LifecycleWorkers
 from prism_backends.providers.base import (
-    AgentBootstrap,
     MachineRequest,
     ProviderUnavailable,
     RetryableProviderError,
@@ -29,9 +27,10 @@ from prism_backends.providers.base import (
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError, parse_document
 from prism_backends.providers.ultraviolet import UltravioletProvider, make_ultraviolet
 from prism_backends.runtime import Runtime
-from prism_backends.vocabulary import LogLevel, Platform
+from prism_backends.vocabulary import Platform
 from tests.conftest import TokenFactory, auth
 from tests.manager.processes import ManagerProcess, Managers, measured_by_the_cli, process_alive
+from tests.providers.machine_requests import machine_request
 
 
 def mark_of(ca: AgentCA) -> str:
@@ -54,21 +53,7 @@ def provider_for(
 
 
 def request_for(ca: AgentCA, cvm_id: str, vcpus: int = 1) -> MachineRequest:
-    issued = ca.issue_client(cvm_id, "dom-1", timedelta(days=1))
-    return MachineRequest(
-        cvm_id=cvm_id,
-        domain_id="dom-1",
-        name=cvm_id,
-        platform=Platform.SEV_SNP,
-        vcpus=vcpus,
-        agent_log_level=LogLevel.INFO,
-        agent=AgentBootstrap(
-            server_url="localhost:7018",
-            ca_cert_pem=ca.cert_pem,
-            client_cert_pem=issued.cert_pem,
-            client_key_pem=issued.key_pem,
-        ),
-    )
+    return machine_request(cvm_id, ca=ca, vcpus=vcpus, server_url="localhost:7018")
 
 
 def test_placement_asks_capacity_and_takes_the_roomiest_manager(managers: Managers) -> None:
