@@ -38,6 +38,7 @@ from prism_backends.providers.base import (
     MachineState,
     OwnedMachine,
     ProviderError,
+    RemoteDriver,
     RetryableProviderError,
     TerminalProviderError,
 )
@@ -100,7 +101,9 @@ def classified(exc: Exception, what: str) -> ProviderError:
     return RetryableProviderError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-class AwsProvider:
+class AwsProvider(RemoteDriver):
+    provider_name = "aws"
+
     def __init__(
         self,
         ec2: Any,
@@ -116,21 +119,9 @@ class AwsProvider:
         self._image_id = image_id
         self._subnet_id = subnet_id
         self._security_groups = security_group_ids
-        self._offerings = dict(offerings)
+        super().__init__(offerings)
         self._mark = deployment_mark
         self._agent = agent
-
-    @property
-    def name(self) -> str:
-        return "aws"
-
-    @property
-    def offerings(self) -> Mapping[Platform, frozenset[int]]:
-        return self._offerings
-
-    @property
-    def provisions_instantly(self) -> bool:
-        return False
 
     def create(self, request: MachineRequest) -> Machine:
         if request.platform is not Platform.SEV_SNP:

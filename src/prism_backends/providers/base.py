@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from prism_backends.vocabulary import LogLevel, Platform
 
@@ -126,3 +126,26 @@ class Provider(Protocol):
     def owned_machines(self) -> Iterable[OwnedMachine]:
         """Every live machine this deployment created there, for the leak sweep."""
         ...
+
+
+class RemoteDriver:
+    """What every driver that makes machines elsewhere has alike: a fixed name,
+    the offerings it was configured (or told) with, and creates that need a
+    remote call. The clouds' and the host managers' drivers derive from it."""
+
+    provider_name: ClassVar[str]
+
+    def __init__(self, offerings: Mapping[Platform, frozenset[int]]) -> None:
+        self._offerings = dict(offerings)
+
+    @property
+    def name(self) -> str:
+        return self.provider_name
+
+    @property
+    def offerings(self) -> Mapping[Platform, frozenset[int]]:
+        return self._offerings
+
+    @property
+    def provisions_instantly(self) -> bool:
+        return False

@@ -37,6 +37,7 @@ from prism_backends.providers.base import (
     MachineState,
     OwnedMachine,
     ProviderError,
+    RemoteDriver,
     RetryableProviderError,
     TerminalProviderError,
 )
@@ -114,7 +115,9 @@ def _reason(exc: google_errors.GoogleAPICallError) -> str:
     return reasons[0] if reasons else ""
 
 
-class GcpProvider:
+class GcpProvider(RemoteDriver):
+    provider_name = "gcp"
+
     def __init__(
         self,
         instances: compute_v1.InstancesClient,
@@ -132,21 +135,9 @@ class GcpProvider:
         self._zone = zone
         self._image = image
         self._network = network
-        self._offerings = dict(offerings)
+        super().__init__(offerings)
         self._mark = deployment_mark
         self._agent = agent
-
-    @property
-    def name(self) -> str:
-        return "gcp"
-
-    @property
-    def offerings(self) -> Mapping[Platform, frozenset[int]]:
-        return self._offerings
-
-    @property
-    def provisions_instantly(self) -> bool:
-        return False
 
     def create(self, request: MachineRequest) -> Machine:
         name = cloud.machine_name(request.cvm_id)

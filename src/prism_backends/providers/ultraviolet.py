@@ -48,6 +48,7 @@ from prism_backends.providers.base import (
     OwnedMachine,
     ProviderError,
     ProviderUnavailable,
+    RemoteDriver,
     RetryableProviderError,
     TerminalProviderError,
 )
@@ -103,7 +104,9 @@ def _code(exc: grpc.RpcError) -> grpc.StatusCode:
     return exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
 
 
-class UltravioletProvider:
+class UltravioletProvider(RemoteDriver):
+    provider_name = "ultraviolet"
+
     def __init__(
         self,
         managers: list[ManagerEndpoint],
@@ -113,23 +116,11 @@ class UltravioletProvider:
         deployment_mark: str = "",
     ) -> None:
         self._managers = managers
-        self._offerings = dict(offerings)
+        super().__init__(offerings)
         self._ttl = ttl
         self._mark = deployment_mark
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return "ultraviolet"
-
-    @property
-    def offerings(self) -> Mapping[Platform, frozenset[int]]:
-        return self._offerings
-
-    @property
-    def provisions_instantly(self) -> bool:
-        return False
 
     # --- the Provider interface ----------------------------------------------------
 
