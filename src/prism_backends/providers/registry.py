@@ -35,6 +35,7 @@ def _imported_when_used(module: str, factory: str) -> DriverFactory:
 
 DRIVERS: dict[str, DriverFactory] = {
     "aws": _imported_when_used("prism_backends.providers.aws", "make_aws"),
+    "azure": _imported_when_used("prism_backends.providers.azure", "make_azure"),
     "external": make_external,
     "gcp": _imported_when_used("prism_backends.providers.gcp", "make_gcp"),
     "ultraviolet": make_ultraviolet,
