@@ -163,6 +163,11 @@ class Settings(LayeredSettings):
     azure_attestation_jwks_file: Path | None = Field(
         None, description="JWKS of the Azure Attestation provider whose tokens agents send."
     )
+    azure_attestation_jwks_url: str | None = Field(
+        None,
+        description="The Azure Attestation provider's JWKS URL (e.g. "
+        "https://sharedeus2.eus2.attest.azure.net/certs), fetched when a token names a new key.",
+    )
 
     # The embedded default's host manager.
     local_manager: bool = Field(

@@ -127,6 +127,7 @@ class Runtime:
                 if settings.azure_attestation_jwks_file
                 else None
             ),
+            azure_jwks_url=settings.azure_attestation_jwks_url,
         )
 
     def close(self) -> None:

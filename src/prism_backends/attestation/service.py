@@ -22,6 +22,7 @@ from prism_backends.agents.sealing import Sealer
 from prism_backends.attestation import keys, repository, tokens
 from prism_backends.attestation.appraisal import Anchors, Verdict, appraise
 from prism_backends.attestation.common import Fetcher
+from prism_backends.attestation.maa import RemoteJwks, jwks_keys
 from prism_backends.attestation.pinning import pinned_policy
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
@@ -47,13 +48,15 @@ class Appraiser:
         settings: AttestationSettings,
         fetcher: Fetcher | None = None,
         azure_jwks: dict[str, Any] | None = None,
+        azure_jwks_url: str | None = None,
     ) -> None:
         self._sessions = sessions
         self._anchors = anchors
         self._sealer = sealer
         self._settings = settings
         self._fetcher = fetcher
-        self._azure_keys = _jwks_keys(azure_jwks) if azure_jwks else {}
+        self._azure_keys = jwks_keys(azure_jwks) if azure_jwks else {}
+        self._azure_jwks = RemoteJwks(azure_jwks_url) if azure_jwks_url else None
 
     def evidence(self, cvm_id: str, raw: bytes) -> Verdict | None:
         """Appraise an agent's evidence and record the verdict. None when the
@@ -142,17 +145,32 @@ class Appraiser:
         return reason
 
     def _azure_refusal(self, token: str) -> str | None:
-        if not self._azure_keys:
-            return "no Azure Attestation keys are configured (azure_attestation_jwks_file)"
+        if not self._azure_keys and self._azure_jwks is None:
+            return (
+                "no Azure Attestation keys are configured "
+                "(azure_attestation_jwks_file or azure_attestation_jwks_url)"
+            )
         try:
             header = jwt.get_unverified_header(token)
             key = self._azure_keys.get(header.get("kid"))
+            if key is None and self._azure_jwks is not None:
+                key = self._fetched_azure_key(token)
             if key is None:
                 return "the Azure attestation token was not signed by a trusted key"
             jwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False})
         except jwt.PyJWTError as exc:
             return f"the Azure attestation token is not valid: {exc}"
         return None
+
+    def _fetched_azure_key(self, token: str) -> Any:
+        """The token's key from the configured JWKS URL; None when it has no such key."""
+        assert self._azure_jwks is not None
+        kid = jwt.get_unverified_header(token).get("kid")
+        try:
+            return self._azure_jwks.key(kid)
+        except OSError as exc:
+            log.warning("the Azure Attestation JWKS could not be fetched: %s", exc)
+            return None
 
     def _event(self, session: Session, cvm_id: str, kind: str, verdict: Verdict, now: Any) -> None:
         details = verdict.as_json()
@@ -173,11 +191,3 @@ def _event_row(
         "computation_id": "",
         "details": json.dumps(details, default=str),
     }
-
-
-def _jwks_keys(document: dict[str, Any]) -> dict[str | None, Any]:
-    found: dict[str | None, Any] = {}
-    for jwk in document.get("keys", []):
-        parsed = jwt.PyJWK(jwk)
-        found[parsed.key_id] = parsed.key
-    return found
