@@ -9,6 +9,7 @@ import pytest
 
 from prism_backends.pricing.core import PriceTable, format_usd
 from prism_backends.pricing.table import estimate_cents, packaged_table, parse_table
+from prism_backends.providers.config import DEFAULT_VCPUS
 from prism_backends.vocabulary import PROVIDER_NAMES, Platform
 
 
@@ -58,9 +59,63 @@ def test_every_packaged_row_is_for_a_known_offering(packaged: PriceTable) -> Non
         assert row.size.strip(), row
 
 
-def test_packaged_table_has_one_row_per_size(packaged: PriceTable) -> None:
-    keys = [(row.provider, row.platform, row.vcpus) for row in packaged.rows]
+def test_packaged_table_has_one_row_per_size_and_region(packaged: PriceTable) -> None:
+    keys = [(row.provider, row.platform, row.region, row.vcpus) for row in packaged.rows]
     assert len(keys) == len(set(keys))
+
+
+def _driver_sizes() -> dict[tuple[str, str], dict[int, str]]:
+    from prism_backends.providers import aws, azure
+
+    return {
+        ("aws", "sev-snp"): aws.SIZES,
+        ("azure", "sev-snp"): azure.SIZES[Platform.SEV_SNP],
+        ("azure", "tdx"): azure.SIZES[Platform.TDX],
+        ("gcp", "sev-snp"): {n: f"n2d-standard-{n}" for n in DEFAULT_VCPUS["gcp"]["vcpusSEV"]},
+        ("gcp", "tdx"): {n: f"c3-standard-{n}" for n in DEFAULT_VCPUS["gcp"]["vcpusTDX"]},
+    }
+
+
+@pytest.mark.parametrize(("provider", "platform"), list(_driver_sizes()))
+def test_every_size_a_driver_chooses_has_a_row_in_every_priced_region(
+    packaged: PriceTable, provider: str, platform: str
+) -> None:
+    sizes = _driver_sizes()[(provider, platform)]
+    rows = [r for r in packaged.rows if (r.provider, r.platform) == (provider, platform)]
+    regions = {row.region for row in rows}
+    assert len(regions) >= 2, "a reference region and at least one other"
+    for region in regions:
+        priced = {row.vcpus: row.size for row in rows if row.region == region}
+        assert set(priced) == set(sizes), (region, set(sizes) ^ set(priced))
+        for vcpus, size in sizes.items():
+            assert priced[vcpus].startswith(size), (region, vcpus, priced[vcpus])
+
+
+@pytest.mark.parametrize(
+    ("provider", "platform", "vcpus", "region", "usd"),
+    [
+        # 0.09504 / 2 * 16 = 0.76032 * 730 = 555.0336
+        ("aws", "sev-snp", 16, "us-east-2", "$555.03"),
+        # 0.10593 / 2 * 2 * 730 = 77.3289
+        ("aws", "sev-snp", 2, "eu-west-1", "$77.33"),
+        # 0.0963 / 2 * 8 = 0.3852 * 730 = 281.196
+        ("azure", "sev-snp", 8, "westeurope", "$281.20"),
+        # 0.101 / 2 * 128 = 6.464 * 730 = 4718.72
+        ("azure", "tdx", 128, "eastus", "$4718.72"),
+        # 0.229 / 4 * 22 = 1.2595 * 730 = 919.435 -> 919.44 (half up)
+        ("gcp", "tdx", 22, "us-central1", "$919.44"),
+        # 0.1022 / 2 * 4 = 0.2044 * 730 = 149.212
+        ("gcp", "sev-snp", 4, "europe-west4", "$149.21"),
+        # a region without rows: the reference region's price (us-central1)
+        ("gcp", "sev-snp", 2, "asia-east1", "$67.82"),
+        ("azure", "sev-snp", 2, "", "$62.78"),
+    ],
+)
+def test_estimates_by_region(
+    packaged: PriceTable, provider: str, platform: str, vcpus: int, region: str, usd: str
+) -> None:
+    cents = estimate_cents(packaged, provider, platform, vcpus, None, region)
+    assert format_usd(cents) == usd
 
 
 @pytest.mark.parametrize(

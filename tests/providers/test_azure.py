@@ -254,6 +254,8 @@ def test_the_catalog_offers_only_sizes_azure_has(arm: tuple[FakeArm, str]) -> No
         settings=settings_for(url, vcpusSEV=[2, 3], vcpusTDX=[128]),
         source="azure.toml",
     )
-    entry = build_catalog(configs).get("azure")
+    catalog = build_catalog(configs)
+    entry = catalog.get("azure")
     assert entry is not None and isinstance(entry.provider, AzureProvider)
     assert entry.provider.offerings == {Platform.SEV_SNP: {2}, Platform.TDX: {128}}
+    assert catalog.price_region("azure") == "westeurope"  # prices are looked up there

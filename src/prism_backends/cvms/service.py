@@ -110,6 +110,7 @@ def create_cvm(
             platform.value,
             vcpus,
             catalog.price_override(entry.config.name, platform),
+            catalog.price_region(entry.config.name),
         ),
         price_table_version=prices.version,
         attestation=None,

@@ -23,6 +23,7 @@ class PriceRow:
     usd_per_hour: Decimal
     source: str
     as_of: str
+    region: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,18 +32,26 @@ class PriceTable:
     rows: tuple[PriceRow, ...]
 
 
-def hourly_price(table: PriceTable, provider: str, platform: str, vcpus: int) -> Decimal | None:
-    """The hourly USD price of ``vcpus`` on ``provider``/``platform``.
+def hourly_price(
+    table: PriceTable, provider: str, platform: str, vcpus: int, region: str = ""
+) -> Decimal | None:
+    """The hourly USD price of ``vcpus`` on ``provider``/``platform`` in ``region``.
 
-    An exact row wins. Otherwise the price scales per vCPU from the row with
-    the nearest vCPU count (ties to the smaller). None when the table has no
-    row at all for the provider and platform.
+    A region without rows is priced at the provider's reference region (the
+    first region the table lists for it). An exact row wins. Otherwise the
+    price scales per vCPU from the row with the nearest vCPU count (ties to
+    the smaller). None when the table has no row at all for the provider and
+    platform.
     """
     candidates = [
         row for row in table.rows if row.provider == provider and row.platform == platform
     ]
     if not candidates:
         return None
+    priced_region = region if any(row.region == region for row in candidates) else None
+    if priced_region is None:
+        priced_region = candidates[0].region
+    candidates = [row for row in candidates if row.region == priced_region]
     nearest = min(candidates, key=lambda row: (abs(row.vcpus - vcpus), row.vcpus))
     if nearest.vcpus == vcpus:
         return nearest.usd_per_hour

@@ -27,6 +27,7 @@ def parse_table(text: str) -> PriceTable:
             usd_per_hour=Decimal(str(row["usd_per_hour"])),  # never through a binary float
             source=row["source"],
             as_of=row["as_of"],
+            region=str(row.get("region", "")),
         )
         for row in document.get("price", [])
     )
@@ -34,9 +35,14 @@ def parse_table(text: str) -> PriceTable:
 
 
 def estimate_cents(
-    table: PriceTable, provider: str, platform: str, vcpus: int, per_vcpu_override: Decimal | None
+    table: PriceTable,
+    provider: str,
+    platform: str,
+    vcpus: int,
+    per_vcpu_override: Decimal | None,
+    region: str = "",
 ) -> int:
     """A configured per-vCPU price wins over the table."""
     if per_vcpu_override is not None:
         return monthly_cost_cents(per_vcpu_override * vcpus)
-    return monthly_cost_cents(hourly_price(table, provider, platform, vcpus))
+    return monthly_cost_cents(hourly_price(table, provider, platform, vcpus, region))

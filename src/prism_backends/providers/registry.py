@@ -68,6 +68,14 @@ class Catalog:
     def why_unavailable(self, name: str) -> str:
         return self._unavailable.get(name, "it is not enabled in this deployment's configuration")
 
+    def price_region(self, name: str) -> str:
+        """Where the provider's machines run, for prices that differ by region."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return ""
+        settings = entry.config.settings
+        return str(settings.get("region") or settings.get("location") or "")
+
     def price_override(self, name: str, platform: Platform) -> Decimal | None:
         entry = self._entries.get(name)
         return entry.config.price_per_vcpu_hour.get(platform) if entry else None
