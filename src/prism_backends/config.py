@@ -106,6 +106,12 @@ class Settings(LayeredSettings):
     retry_give_up_seconds: float = Field(
         86400.0, gt=0, description="Retryable failures past this age mark the CVM failed."
     )
+    create_timeout_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="A machine still being created this long after its CVM was asked for "
+        "counts as a failing create (retried, then given up).",
+    )
 
     # Agents endpoint.
     agents_host: str = Field(

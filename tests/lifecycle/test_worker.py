@@ -115,6 +115,34 @@ def test_machine_still_creating_is_polled_until_running(
     assert slow.ledger.creations == {cvm_id: 1}
 
 
+def test_a_machine_creating_past_the_timeout_is_retried_then_given_up_and_removed(
+    make_rt: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prism_backends.lifecycle import reconciler
+
+    monkeypatch.setattr(reconciler, "CREATION_POLL_SECONDS", 0.0)
+    stuck = MemoryProvider("aws", creating_polls=1_000_000)
+    rt = make_rt(stuck, create_timeout_seconds=0.001, retry_give_up_seconds=3600)
+    cvm_id = _pending(rt)
+    workers = LifecycleWorkers(rt.settings, rt.sessions, rt.catalog)
+    workers.run_once()
+    row = _row(rt, cvm_id)
+    assert (row.state, row.attempts) == ("provisioning", 1)
+    assert "still being created" in row.error and row.first_failure_at is not None
+
+    impatient = rt.settings.model_copy(update={"retry_give_up_seconds": 0.001})
+    workers = LifecycleWorkers(impatient, rt.sessions, rt.catalog)
+    for _ in range(50):
+        workers.run_once()
+        if _row(rt, cvm_id).next_attempt_at is None:
+            break
+    row = _row(rt, cvm_id)
+    assert (row.state, row.status) == ("failed", "failed")
+    assert "gave up" in row.error and "still being created" in row.error
+    assert stuck.ledger.creations == {cvm_id: 1}  # never made twice ...
+    assert stuck.ledger.live == {}  # ... and the machine that never came up is removed
+
+
 def test_retryable_failures_back_off_then_succeed(rt: Runtime, provider: MemoryProvider) -> None:
     provider.create_failures = [RetryableProviderError("ZonalAllocationFailed")] * 3
     cvm_id = _pending(rt)

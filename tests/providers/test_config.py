@@ -299,7 +299,9 @@ def test_malformed_external_limit_is_an_error_naming_file_and_key(
 def test_enabled_provider_without_a_driver_is_unavailable_with_the_reason(
     providers_dir: Path, write_provider: WriteProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = write_provider("azure.toml", 'name = "azure"\nenabled = true\n')
+    path = write_provider(
+        "azure.toml", 'name = "azure"\nenabled = true\ndriver = "azure-classic"\n'
+    )
 
     with caplog.at_level(logging.WARNING):
         catalog = load_catalog(providers_dir)
@@ -307,7 +309,7 @@ def test_enabled_provider_without_a_driver_is_unavailable_with_the_reason(
     assert catalog.get("azure") is None
     assert catalog.enabled_names == ["external"]
     reason = catalog.why_unavailable("azure")
-    assert "'azure'" in reason
+    assert "'azure-classic'" in reason
     assert "not available" in reason
     # The operator is told at start which file asked for it.
     assert any(

@@ -33,6 +33,7 @@ class Work:
     state: str
     attempts: int
     first_failure_at: datetime | None
+    created_at: datetime | None = None
 
 
 def claim(
@@ -80,6 +81,7 @@ def _snapshot(cvm: CVM) -> Work:
         state=cvm.state,
         attempts=cvm.attempts,
         first_failure_at=cvm.first_failure_at,
+        created_at=cvm.created_at,
     )
 
 

@@ -87,12 +87,29 @@ def _provision(work: Work, provider: Provider, agent: AgentBootstrap | None) -> 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     give_up_after: timedelta
+    create_timeout: timedelta = timedelta(minutes=30)
 
     def gives_up(self, work: Work, now: datetime) -> bool:
         # Creates give up eventually; teardowns and cleanups never do.
         if work.state != State.PROVISIONING.value or work.first_failure_at is None:
             return False
         return now - work.first_failure_at >= self.give_up_after
+
+    def timed_out(self, work: Work, outcome: Outcome, now: datetime) -> Outcome:
+        """A machine still being created long after the CVM was asked for counts
+        as a failing create: retried with backoff (each step still looks at
+        it, so one that comes up is taken), and given up in the end."""
+        if outcome.kind is not Kind.STILL_CREATING or work.created_at is None:
+            return outcome
+        waited = now - work.created_at
+        if waited < self.create_timeout:
+            return outcome
+        return Outcome(
+            Kind.RETRY,
+            machine=outcome.machine,
+            reason=f"the machine is still being created {int(waited.total_seconds())} s "
+            "after the CVM was asked for",
+        )
 
 
 def apply(cvm: CVM, work: Work, outcome: Outcome, *, now: datetime, retry_at: datetime) -> None:

@@ -57,7 +57,10 @@ class LifecycleWorkers:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._rng = random.Random()  # noqa: S311 - jitter, not security
-        self._policy = reconciler.RetryPolicy(timedelta(seconds=settings.retry_give_up_seconds))
+        self._policy = reconciler.RetryPolicy(
+            timedelta(seconds=settings.retry_give_up_seconds),
+            create_timeout=timedelta(seconds=settings.create_timeout_seconds),
+        )
 
     @property
     def owner(self) -> str:
@@ -141,6 +144,7 @@ class LifecycleWorkers:
         finally:
             keeper.stop()
         now = utcnow()
+        outcome = self._policy.timed_out(work, outcome, now)
         if outcome.kind is reconciler.Kind.RETRY and self._policy.gives_up(work, now):
             outcome = reconciler.give_up(outcome)
         delay = retry_delay(

@@ -424,9 +424,6 @@ def make_azure(config: ProviderConfig) -> AzureProvider:
         image = image_reference(_required(settings, "image", source))
     except ValueError as exc:
         raise ProviderConfigError(f"{source}: [config] {exc}") from exc
-    wait = settings.get("operation_wait_seconds", DEFAULT_OPERATION_WAIT)
-    if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
-        raise ProviderConfigError(f"{source}: [config] operation_wait_seconds must be >= 0")
     base_url = str(settings.get("base_url") or "https://management.azure.com")
     credential: Any
     if settings.get("anonymous_credentials") is True:
@@ -455,6 +452,8 @@ def make_azure(config: ProviderConfig) -> AzureProvider:
         public_ip=settings.get("public_ip", True) is not False,
         admin_username=str(settings.get("admin_username", "prism")),
         ssh_public_key=str(settings.get("ssh_public_key", "")),
-        operation_wait_seconds=float(wait),
+        operation_wait_seconds=cloud.operation_wait_seconds(
+            settings, source, DEFAULT_OPERATION_WAIT
+        ),
         call_options=options,
     )

@@ -54,6 +54,14 @@ def agent_choice(settings: Mapping[str, Any], source: str) -> AgentChoice:
     return AgentChoice(kind=str(kind), cocos_agent_url=str(url))
 
 
+def operation_wait_seconds(settings: Mapping[str, Any], source: str, default: float) -> float:
+    """How long one lifecycle step waits on a cloud's long-running operation."""
+    wait = settings.get("operation_wait_seconds", default)
+    if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
+        raise ProviderConfigError(f"{source}: [config] operation_wait_seconds must be >= 0")
+    return float(wait)
+
+
 def machine_name(cvm_id: str) -> str:
     """A name every cloud accepts (lower case, digits, hyphens, at most 63)."""
     return f"{NAME_PREFIX}{cvm_id}".lower()[:63]

@@ -6,7 +6,9 @@ google-cloud-compute.
 ``global/networks/default``), ``credentials_file`` (a service-account JSON;
 default: the SDK's default chain), ``api_endpoint`` (a local fake or a
 private endpoint; plain ``http://`` accepted) and ``anonymous_credentials =
-true`` (fakes and emulators only), ``agent`` / ``cocos_agent_url``.
+true`` (fakes and emulators only), ``operation_wait_seconds`` (how long one
+step waits on a zone operation, default 60; a create still running then is
+looked at again by later steps), ``agent`` / ``cocos_agent_url``.
 
 SEV-SNP on ``n2d-standard-N`` with ``min_cpu_platform = "AMD Milan"``, TDX on
 ``c3-standard-N``; ``on_host_maintenance = TERMINATE`` (confidential VMs cannot
@@ -47,7 +49,7 @@ from prism_backends.vocabulary import Platform
 log = logging.getLogger(__name__)
 
 REQUEST_NAMESPACE = uuid.UUID("3b0b3c6e-7a0e-4d1e-9a55-8b6d1c1c0a11")
-OPERATION_SECONDS = 240.0
+DEFAULT_OPERATION_WAIT = 60.0
 FAMILIES = {Platform.SEV_SNP: "n2d-standard", Platform.TDX: "c3-standard"}
 CONFIDENTIAL_TYPES = {Platform.SEV_SNP: "SEV_SNP", Platform.TDX: "TDX"}
 STATES = {  # Compute Engine instance status -> ours
@@ -129,8 +131,10 @@ class GcpProvider(RemoteDriver):
         offerings: Mapping[Platform, frozenset[int]],
         deployment_mark: str = "",
         agent: cloud.AgentChoice = cloud.AgentChoice(),
+        operation_wait_seconds: float = DEFAULT_OPERATION_WAIT,
     ) -> None:
         self._instances = instances
+        self._wait = operation_wait_seconds
         self._project = project
         self._zone = zone
         self._image = image
@@ -153,7 +157,7 @@ class GcpProvider(RemoteDriver):
                     request_id=request_id_for(request.cvm_id),
                 )
             )
-            operation.result(timeout=OPERATION_SECONDS)  # type: ignore[no-untyped-call]
+            operation.result(timeout=self._wait)  # type: ignore[no-untyped-call]
         except google_errors.GoogleAPICallError as exc:
             raise classified(exc, "instances.insert") from exc
         except TimeoutError:
@@ -172,7 +176,7 @@ class GcpProvider(RemoteDriver):
             operation = self._instances.delete(
                 project=self._project, zone=self._zone, instance=name
             )
-            operation.result(timeout=OPERATION_SECONDS)  # type: ignore[no-untyped-call]
+            operation.result(timeout=self._wait)  # type: ignore[no-untyped-call]
         except google_errors.NotFound:
             return  # already gone
         except google_errors.GoogleAPICallError as exc:
@@ -295,4 +299,7 @@ def make_gcp(config: ProviderConfig) -> GcpProvider:
         },
         deployment_mark=config.deployment_mark,
         agent=cloud.agent_choice(settings, source),
+        operation_wait_seconds=cloud.operation_wait_seconds(
+            settings, source, DEFAULT_OPERATION_WAIT
+        ),
     )
