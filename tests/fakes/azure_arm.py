@@ -7,8 +7,8 @@ It remembers what it made (a VM and the NIC, public IP and disk created with
 it, each gone with the VM when its ``deleteOption`` says Delete), records
 every PUT body and its Authorization header, and fails on command: on the
 call itself (an HTTP status with an ARM error code) or in the operation (the
-VM ends ``Failed``, as an allocation failure does). An operation stays
-``InProgress`` for ``polls`` polls before it finishes.
+VM ends ``Failed``, as an allocation failure does). An operation runs for
+``operation_seconds`` whether or not anyone polls it, as ARM's do.
 """
 
 from __future__ import annotations
@@ -17,10 +17,15 @@ import itertools
 import json
 import re
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.fakes import loopback
+from tests.fakes.chaos import Chaos, Trouble
 
 VM_PATH = re.compile(
     r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Compute"
@@ -42,19 +47,21 @@ class Injected:
 class Operation:
     vm: str
     kind: str  # create | delete
-    polls_left: int
+    ready_at: float
     failure: Injected | None = None
     status: str = "InProgress"
 
 
 @dataclass
 class FakeArm:
-    polls: int = 1  # InProgress answers before an operation finishes
+    operation_seconds: float = 0.1  # how long an operation runs
     vms: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: dict[str, str] = field(default_factory=dict)  # NIC / IP / disk id -> its VM
     operations: dict[str, Operation] = field(default_factory=dict)
     puts: list[dict[str, Any]] = field(default_factory=list)
     failures: list[Injected] = field(default_factory=list)
+    chaos: Chaos = field(default_factory=Chaos)
+    created: Counter[str] = field(default_factory=Counter)  # VMs ever made, by name
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -75,6 +82,7 @@ class FakeArm:
         properties.update(provisioningState="Creating", vmId=f"vm-{next(self._ids)}")
         vm = {**body, "name": name, "id": f"/vm/{name}", "properties": properties}
         self.vms[name] = vm
+        self.created[name] += 1
         for resource in _inline_resources(name, properties):
             self.resources[resource] = name
         return 201, vm, self._operation(name, "create", failure)
@@ -86,15 +94,17 @@ class FakeArm:
         vm["properties"]["provisioningState"] = "Deleting"
         return 202, self._operation(name, "delete", None)
 
+    def advance(self) -> None:
+        """Finish the operations whose time has come (called on every request)."""
+        now = time.monotonic()
+        for operation in list(self.operations.values()):
+            if operation.status == "InProgress" and now >= operation.ready_at:
+                self._finish(operation)
+
     def poll(self, operation_id: str) -> dict[str, Any] | None:
         operation = self.operations.get(operation_id)
         if operation is None:
             return None
-        if operation.status == "InProgress":
-            if operation.polls_left > 0:
-                operation.polls_left -= 1
-            else:
-                self._finish(operation)
         reply: dict[str, Any] = {"name": operation_id, "status": operation.status}
         if operation.status == "Failed" and operation.failure is not None:
             reply["error"] = {"code": operation.failure.code, "message": operation.failure.message}
@@ -102,7 +112,8 @@ class FakeArm:
 
     def _operation(self, vm: str, kind: str, failure: Injected | None) -> str:
         operation_id = f"op-{next(self._ids)}"
-        self.operations[operation_id] = Operation(vm, kind, self.polls, failure)
+        ready_at = time.monotonic() + self.operation_seconds
+        self.operations[operation_id] = Operation(vm, kind, ready_at, failure)
         return operation_id
 
     def _finish(self, operation: Operation) -> None:
@@ -201,6 +212,7 @@ def serve(fake: FakeArm) -> tuple[ThreadingHTTPServer, str]:
             operation = OPERATION_PATH.match(parsed.path)
             if operation is not None:
                 with fake.lock:
+                    fake.advance()
                     reply = fake.poll(operation.group(1))
                 if reply is None:
                     return self._not_found("operation")
@@ -211,6 +223,7 @@ def serve(fake: FakeArm) -> tuple[ThreadingHTTPServer, str]:
             name = match.group(3)
             expand = query.get("$expand", [""])[0]
             with fake.lock:
+                fake.advance()
                 if name is None:
                     items = [fake.view(vm, expand) for vm in fake.vms.values()]
                     return self._send(200, {"value": items})
@@ -224,11 +237,19 @@ def serve(fake: FakeArm) -> tuple[ThreadingHTTPServer, str]:
             if match is None or match.group(3) is None:
                 return self._not_found(self.path)
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            trouble = fake.chaos.draw()
+            if trouble is Trouble.BEFORE:
+                error = {"code": "AllocationFailed", "message": "injected: no capacity"}
+                return self._send(409, {"error": error})
             with fake.lock:
+                fake.advance()
                 status, reply, operation_id = fake.put(
                     match.group(3), body, self.headers.get("Authorization", "")
                 )
                 shown = fake.view(reply, "") if "error" not in reply else reply
+            if trouble is Trouble.AFTER:
+                error = {"code": "InternalServerError", "message": "injected: the answer was lost"}
+                return self._send(500, {"error": error})
             headers = self._operation_headers(operation_id) if operation_id else {}
             return self._send(status, shown, headers)
 
@@ -237,10 +258,9 @@ def serve(fake: FakeArm) -> tuple[ThreadingHTTPServer, str]:
             if match is None or match.group(3) is None:
                 return self._not_found(self.path)
             with fake.lock:
+                fake.advance()
                 status, operation_id = fake.delete(match.group(3))
             headers = self._operation_headers(operation_id) if operation_id else {}
             return self._send(status, None, headers)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+    return loopback.start(Handler)

@@ -11,10 +11,14 @@ import itertools
 import json
 import re
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.fakes import loopback
+from tests.fakes.chaos import Chaos, Trouble
 
 ZONE = re.compile(
     r"^/compute/v1/projects/([^/]+)/zones/([^/]+)/(instances|operations)(?:/([^/]+))?(/wait)?$"
@@ -37,6 +41,8 @@ class FakeCompute:
     by_request_id: dict[str, str] = field(default_factory=dict)
     inserts: list[dict[str, Any]] = field(default_factory=list)
     failures: list[Injected] = field(default_factory=list)
+    chaos: Chaos = field(default_factory=Chaos)
+    created: Counter[str] = field(default_factory=Counter)  # instances ever made, by name
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
 
@@ -120,6 +126,9 @@ def serve(fake: FakeCompute) -> tuple[ThreadingHTTPServer, str]:
                 return self._send(200, found) if found else self._error(404, "notFound", name or "")
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             request_id = query.get("requestId", [""])[0]
+            trouble = fake.chaos.draw()
+            if trouble is Trouble.BEFORE:
+                return self._error(503, "backendError", "injected: the backend is unavailable")
             with fake.lock:
                 fake.inserts.append({"requestId": request_id, "body": body})
                 if request_id in fake.by_request_id:
@@ -129,6 +138,7 @@ def serve(fake: FakeCompute) -> tuple[ThreadingHTTPServer, str]:
                     return self._error(failure.http_status, failure.code, failure.message)
                 target = f"projects/p/zones/{zone}/instances/{body['name']}"
                 if failure is None:
+                    fake.created[body["name"]] += 1
                     fake.instances[body["name"]] = {
                         **body, "id": str(next(fake._ids)), "status": "RUNNING", "zone": zone,
                         "networkInterfaces": [{"networkIP": "10.128.0.7"}],
@@ -136,6 +146,8 @@ def serve(fake: FakeCompute) -> tuple[ThreadingHTTPServer, str]:
                 operation = fake.operation(zone, target, "insert", failure)
                 if request_id:
                     fake.by_request_id[request_id] = operation["name"]
+            if trouble is Trouble.AFTER:
+                return self._error(500, "backendError", "injected: the answer was lost")
             return self._send(200, operation)
 
         def do_DELETE(self) -> None:
@@ -151,6 +163,4 @@ def serve(fake: FakeCompute) -> tuple[ThreadingHTTPServer, str]:
                 )
             return self._send(200, operation)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+    return loopback.start(Handler)

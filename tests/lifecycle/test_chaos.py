@@ -122,6 +122,7 @@ class Cluster:
     ready_at: dict[int, float] = field(default_factory=dict)
     kills: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -143,11 +144,12 @@ class Cluster:
         env["PRISM_BACKENDS_DATA_DIR"] = str(self.data_dir)
         env["PRISM_BACKENDS_PROVIDERS_DIR"] = str(self.providers_dir)
         env.update(SHORT_SETTINGS)
+        env.update(self.extra_env)
         return env
 
-    def use_provider(self, template: str) -> None:
-        """Enable 'aws' as a ledger provider; ``template`` has a {ledger} placeholder."""
-        (self.providers_dir / "aws.toml").write_text(template.format(ledger=self.ledger_path))
+    def use_provider(self, template: str, name: str = "aws") -> None:
+        """Enable provider ``name``; ``template`` may have a {ledger} placeholder."""
+        (self.providers_dir / f"{name}.toml").write_text(template.format(ledger=self.ledger_path))
 
     def run(self, *args: str) -> str:
         """Run one command to completion; its stdout."""
@@ -337,7 +339,8 @@ class Killer(threading.Thread):
 class Api:
     """The tenant's side: plain HTTP, retrying what a tenant would retry."""
 
-    def __init__(self, base_url: str, token: str) -> None:
+    def __init__(self, base_url: str, token: str, provider: str = "aws") -> None:
+        self._provider = provider
         self._client = httpx.Client(
             base_url=base_url,
             headers={"Authorization": f"Bearer {token}"},
@@ -365,7 +368,7 @@ class Api:
         # The Idempotency-Key makes a retried POST safe.
         response = self._send(
             "POST",
-            f"/{DOMAIN}/cvms/aws/2/sev-snp",
+            f"/{DOMAIN}/cvms/{self._provider}/2/sev-snp",
             json={"name": name},
             headers={"Idempotency-Key": name},
         )
@@ -444,7 +447,9 @@ class Chaos:
     seconds: float
 
 
-def make_chaos(cluster: Cluster, engine: Engine, api: Api, rng: random.Random) -> Chaos:
+def make_chaos(
+    cluster: Cluster, engine: Engine, api: Api, rng: random.Random, count: int = CVM_COUNT
+) -> Chaos:
     """Create and delete CVMs over HTTP while a killer SIGKILLs workers.
 
     CVMs arrive in waves, so that work is in flight all along; of each wave a
@@ -467,8 +472,8 @@ def make_chaos(cluster: Cluster, engine: Engine, api: Api, rng: random.Random) -
         later.difference_update(chosen)
 
     try:
-        names = [f"chaos-{index:03d}" for index in range(CVM_COUNT)]
-        wave_size = CVM_COUNT // WAVES
+        names = [f"chaos-{index:03d}" for index in range(count)]
+        wave_size = count // WAVES
         with ThreadPoolExecutor(HTTP_THREADS) as pool:
             for wave in range(WAVES):
                 created = list(pool.map(api.create, names[wave * wave_size :][:wave_size]))
@@ -486,7 +491,7 @@ def make_chaos(cluster: Cluster, engine: Engine, api: Api, rng: random.Random) -
             # On a slow machine some are still in flight: delete them all the same.
             never_ready = len(later)
             list(pool.map(api.delete, sorted(later)))
-        assert len(set(ids)) == CVM_COUNT
+        assert len(set(ids)) == count
         # Go on killing for a while, and until enough workers were killed.
         while time.monotonic() - started < MAX_CHAOS_SECONDS and (
             time.monotonic() - started < CHAOS_SECONDS or cluster.kills < MIN_KILLS

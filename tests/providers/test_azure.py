@@ -33,7 +33,7 @@ SUBNET = (
 
 @pytest.fixture
 def arm() -> Iterator[tuple[FakeArm, str]]:
-    fake = FakeArm(polls=2)
+    fake = FakeArm(operation_seconds=0.1)
     server, url = serve(fake)
     try:
         yield fake, url
@@ -138,7 +138,7 @@ def test_tdx_goes_on_dcesv5(arm: tuple[FakeArm, str]) -> None:
 
 def test_a_long_create_is_left_to_later_steps_without_blocking(arm: tuple[FakeArm, str]) -> None:
     fake, url = arm
-    fake.polls = 1_000_000  # never finishes while we look
+    fake.operation_seconds = 1e9  # never finishes while we look
     provider = provider_for(url, operation_wait_seconds=0.2)
     started = time.monotonic()
     machine = provider.create(request_for("cvm-slow"))
@@ -156,9 +156,9 @@ def test_a_long_create_is_left_to_later_steps_without_blocking(arm: tuple[FakeAr
 def test_a_delete_that_outlasts_the_wait_is_retried_until_gone(arm: tuple[FakeArm, str]) -> None:
     fake, url = arm
     provider = provider_for(url, operation_wait_seconds=0.2)
-    fake.polls = 0
+    fake.operation_seconds = 0
     provider.create(request_for("cvm-4"))
-    fake.polls = 1_000_000
+    fake.operation_seconds = 1e9
     with pytest.raises(RetryableProviderError, match="still being deleted"):
         provider.delete("cvm-4", "prism-cvm-4")
     with pytest.raises(RetryableProviderError, match="still being deleted"):
