@@ -80,11 +80,19 @@ def loaded_or_exit(
         raise typer.BadParameter(f"{exc} (lists are JSON, e.g. '[\"EdDSA\"]')") from None
 
 
+# The cloud SDKs log request bodies and headers at DEBUG (botocore logs the
+# user data, which carries the agent's private key): they speak at WARNING
+# whatever the service's level.
+SDK_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "azure", "msal", "google")
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
