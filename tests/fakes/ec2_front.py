@@ -16,16 +16,18 @@ from urllib.parse import parse_qs, urlparse
 from tests.fakes import loopback
 from tests.fakes.chaos import Chaos, Trouble
 
-CAPACITY_ERROR = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
-    b"<Code>InsufficientInstanceCapacity</Code><Message>injected: no capacity</Message>"
-    b"</Error></Errors><RequestID>injected</RequestID></Response>"
-)
-LOST_ANSWER = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
-    b"<Code>InternalError</Code><Message>injected: the answer was lost</Message>"
-    b"</Error></Errors><RequestID>injected</RequestID></Response>"
-)
+
+def _error(code: str, message: str) -> bytes:
+    """An EC2 error reply, as the Query API writes it."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+        f"<Code>{code}</Code><Message>{message}</Message>"
+        "</Error></Errors><RequestID>injected</RequestID></Response>"
+    ).encode()
+
+
+CAPACITY_ERROR = _error("InsufficientInstanceCapacity", "injected: no capacity")
+LOST_ANSWER = _error("InternalError", "injected: the answer was lost")
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Ec2Front:
     moto_url: str
     chaos: Chaos = field(default_factory=Chaos)
     answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # ClientToken -> reply
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (status, code): next calls
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def forward(self, method: str, path: str, body: bytes, headers: Any) -> tuple[int, bytes]:
@@ -52,6 +55,10 @@ class Ec2Front:
         with self.lock:
             if token and token in self.answers:
                 return self.answers[token]
+        with self.lock:
+            failure = self.failures.pop(0) if self.failures else None
+        if failure is not None:
+            return failure[0], _error(failure[1], "injected")
         trouble = self.chaos.draw()
         if trouble is Trouble.BEFORE:
             return 500, CAPACITY_ERROR

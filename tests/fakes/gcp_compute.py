@@ -133,6 +133,8 @@ def serve(fake: FakeCompute) -> tuple[ThreadingHTTPServer, str]:
                 fake.inserts.append({"requestId": request_id, "body": body})
                 if request_id in fake.by_request_id:
                     return self._send(200, fake.operations[fake.by_request_id[request_id]])
+                if body["name"] in fake.instances:  # names are unique in a zone
+                    return self._error(409, "alreadyExists", f"{body['name']} already exists")
                 failure = fake.failures.pop(0) if fake.failures else None
                 if failure is not None and failure.http_status:
                     return self._error(failure.http_status, failure.code, failure.message)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -91,12 +92,44 @@ def test_create_describe_delete_and_sweep_listing_round_trip(
 
     assert provider.create(request_for("cvm-1")).provider_machine_id == "prism-cvm-1"
     assert len(fake.inserts) == 1  # found again by its name, not inserted twice
+    assert request_id_for("cvm-1", 1) not in (request_id_for("cvm-1"), request_id_for("cvm-2", 1))
 
     provider_for(url, mark="other").create(request_for("cvm-theirs"))
     assert [m.cvm_id for m in provider.owned_machines()] == ["cvm-1"]
     provider.delete("cvm-1", machine.provider_machine_id)
     assert provider.describe("cvm-1", machine.provider_machine_id) is None
     provider.delete("cvm-1", machine.provider_machine_id)  # already gone: done
+
+
+def test_a_retry_after_a_failed_operation_uses_a_new_request_id(
+    compute: tuple[FakeCompute, str],
+) -> None:
+    fake, url = compute
+    provider = provider_for(url)
+    fake.failures.append(Injected("ZONE_RESOURCE_POOL_EXHAUSTED"))
+    with pytest.raises(RetryableProviderError):
+        provider.create(request_for("cvm-9"))
+    with pytest.raises(RetryableProviderError):  # the same id replays the failed operation
+        provider.create(request_for("cvm-9"))
+    retried = replace(request_for("cvm-9"), attempt=1)
+    assert provider.create(retried).state is MachineState.RUNNING
+    assert [i["requestId"] for i in fake.inserts] == [request_id_for("cvm-9")] * 2 + [
+        request_id_for("cvm-9", 1)
+    ]
+
+
+def test_a_name_taken_by_an_earlier_attempt_is_that_machine(
+    compute: tuple[FakeCompute, str],
+) -> None:
+    fake, url = compute
+    provider = provider_for(url)
+    provider.create(request_for("cvm-8"))
+    with fake.lock:
+        taken = dict(fake.instances)
+    provider._get = lambda name: None  # type: ignore[method-assign]  # as if not seen yet
+    machine = provider.create(replace(request_for("cvm-8"), attempt=3))
+    assert machine.provider_machine_id == "prism-cvm-8"
+    assert fake.instances == taken and fake.created["prism-cvm-8"] == 1
 
 
 def test_tdx_goes_on_c3_without_a_cpu_platform(compute: tuple[FakeCompute, str]) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from prism_backends.cli.options import SDK_LOGGERS, setup_logging
 from prism_backends.providers import cloud
+from prism_backends.providers.aws import make_aws
 from prism_backends.providers.base import MachineRequest, Provider, RetryableProviderError
 from tests.fakes import azure_arm, gcp_compute
 from tests.providers import test_aws as aws_tests
@@ -71,7 +72,7 @@ def test_aws_driver(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
     request = machine_request("cvm-logged")
-    exercise(aws_tests.make_aws(aws_tests.config(moto_url)), request)
+    exercise(make_aws(aws_tests.config(moto_url)), request)
     assert_absent(debug_logs.text, secrets_of(request, (AWS_SECRET,)))
 
 
@@ -107,7 +108,7 @@ def test_the_check_finds_a_key_where_an_sdk_logs_bodies(
     logging.getLogger("botocore").setLevel(logging.DEBUG)
     try:
         request = machine_request("cvm-control")
-        aws_tests.make_aws(aws_tests.config(moto_url)).create(request)
+        make_aws(aws_tests.config(moto_url)).create(request)
     finally:
         logging.getLogger("botocore").setLevel(logging.NOTSET)
     with pytest.raises(AssertionError, match="secrets in the logs"):

@@ -75,6 +75,7 @@ def _provision(work: Work, provider: Provider, agent: AgentBootstrap | None) -> 
             agent_log_level=LogLevel(work.agent_log_level),
             agent_url=work.agent_url,
             agent=agent,
+            attempt=work.attempts,
         )
     )
     if machine.state is MachineState.CREATING:
@@ -134,6 +135,7 @@ def apply(cvm: CVM, work: Work, outcome: Outcome, *, now: datetime, retry_at: da
     cvm.attempts = 0
     cvm.first_failure_at = None
     if outcome.kind is Kind.STILL_CREATING:
+        cvm.error = ""  # past whatever failed before: the machine is coming up
         cvm.next_attempt_at = now + timedelta(seconds=CREATION_POLL_SECONDS)
     elif outcome.kind is Kind.PROVISIONED:
         _provisioned(cvm, outcome.machine)

@@ -66,6 +66,10 @@ class MachineRequest:
     agent_log_level: LogLevel
     agent_url: str = ""
     agent: AgentBootstrap | None = None
+    # Failed attempts so far: a cloud whose request ids replay a failed
+    # operation (GCP) derives a fresh id per attempt; a crashed attempt was
+    # never counted, so its retry reuses the id.
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,9 +81,13 @@ def label_value(text: str) -> str:
     return _LABEL_UNSAFE.sub("_", text.lower())[:63]
 
 
-def request_id_for(cvm_id: str) -> str:
-    """GCP wants a UUID as request id; this one is the CVM's, always the same."""
-    return str(uuid.uuid5(REQUEST_NAMESPACE, cvm_id))
+def request_id_for(cvm_id: str, attempt: int = 0) -> str:
+    """GCP wants a UUID as request id: this one derives from the CVM and the
+    attempt. A repeated id replays the first operation, failed or not, so a
+    retry after a failure needs a new one; a retry after a crash (attempt not
+    counted) reuses it. Duplicates cannot arise either way: instance names are
+    unique in a zone."""
+    return str(uuid.uuid5(REQUEST_NAMESPACE, f"{cvm_id}:{attempt}" if attempt else cvm_id))
 
 
 def _classified_code(code: str, message: str) -> ProviderError:
@@ -154,10 +158,14 @@ class GcpProvider(RemoteDriver):
                     project=self._project,
                     zone=self._zone,
                     instance_resource=self._instance(request, name),
-                    request_id=request_id_for(request.cvm_id),
+                    request_id=request_id_for(request.cvm_id, request.attempt),
                 )
             )
             operation.result(timeout=self._wait)  # type: ignore[no-untyped-call]
+        except google_errors.Conflict:
+            # alreadyExists: an attempt before this one made it.
+            found = self._get(name)
+            return _machine(found) if found else Machine(name, MachineState.CREATING)
         except google_errors.GoogleAPICallError as exc:
             raise classified(exc, "instances.insert") from exc
         except TimeoutError:
