@@ -199,6 +199,7 @@ class AzureProvider(RemoteDriver):
             )
             poller.wait(self._wait)
             if not poller.done():
+                # Its polling thread ends with the operation; later steps read the VM.
                 return Machine(provider_machine_id=name, state=MachineState.CREATING)
             poller.result()
         except HttpResponseError as exc:
