@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 
+from prism_backends.attestation import eat
 from prism_backends.attestation.common import (
     AttestationError,
     CheckFailure,
@@ -58,6 +59,8 @@ class Verdict:
             result["claims"] = self.evidence.claims
         if not self.verified:
             result["reason"] = self.reason
+        if "eat" in self.details:
+            result["eat"] = self.details["eat"]
         if self.failures:
             result["failures"] = [
                 {"field": f.field, "expected": f.expected, "actual": f.actual}
@@ -86,13 +89,57 @@ def appraise(
     now: datetime,
     policy: bytes | None = None,
     expected_report_data: bytes | None = None,
+    expected_nonces: Sequence[bytes] = (),
     endorsement: bytes | None = None,
     fetcher: Fetcher | None = None,
 ) -> Verdict:
-    """The verdict on ``raw`` evidence. Verified only when its signatures and
-    chain verify, ``report_data`` equals ``expected_report_data`` (when given),
-    and every check of ``policy`` (go-sev-guest ``check.Config`` or go-tdx-guest
-    ``checkconfig.Config`` JSON, when given) passes."""
+    """The verdict on ``raw`` evidence: a report, a quote, or an EAT wrapping
+    one. Verified only when its signatures and chain verify, ``report_data``
+    equals ``expected_report_data`` (when given), every check of ``policy``
+    (go-sev-guest ``check.Config`` or go-tdx-guest ``checkconfig.Config`` JSON,
+    when given) passes, and an EAT's claims agree with its report and its
+    nonce is one of ``expected_nonces`` (when given)."""
+    try:
+        token = eat.parse(raw)
+    except AttestationError as exc:
+        return Verdict("", False, exc.reason)
+    if token is not None:
+        if token.platform_type in ("SNP-vTPM", "vTPM") and not detect_platform(token.raw_report):
+            return Verdict(
+                "",
+                False,
+                f"{token.platform_type} evidence (a TPM quote with its SEV-SNP binding) "
+                "cannot be verified yet; agents can send a bare SNP report or an SNP EAT",
+                details={"eat": {"form": token.form, "claims": token.summary()}},
+            )
+        verdict = _appraise_report(
+            token.raw_report, anchors, now, policy, expected_report_data, endorsement, fetcher
+        )
+        return _with_eat(verdict, token, expected_nonces)
+    return _appraise_report(raw, anchors, now, policy, expected_report_data, endorsement, fetcher)
+
+
+def _with_eat(verdict: Verdict, token: eat.Eat, nonces: Sequence[bytes]) -> Verdict:
+    """The report's verdict, refused as well where the token's claims lie."""
+    details = {**verdict.details, "eat": {"form": token.form, "claims": token.summary()}}
+    if verdict.evidence is None:  # the report itself did not verify: that is the reason
+        return replace(verdict, details=details)
+    failures = [*verdict.failures, *eat.contradictions(token, verdict.platform, nonces)]
+    if not failures:
+        return replace(verdict, details=details)
+    reason = "; ".join(str(failure) for failure in failures)
+    return Verdict(verdict.platform, False, reason, tuple(failures), verdict.evidence, details)
+
+
+def _appraise_report(
+    raw: bytes,
+    anchors: Anchors,
+    now: datetime,
+    policy: bytes | None,
+    expected_report_data: bytes | None,
+    endorsement: bytes | None,
+    fetcher: Fetcher | None,
+) -> Verdict:
     platform = detect_platform(raw)
     if not platform:
         return Verdict("", False, "not an SEV-SNP report nor a TDX quote (v4 or v5)")

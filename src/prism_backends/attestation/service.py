@@ -73,6 +73,12 @@ class Appraiser:
             now=now,
             policy=context.policy,
             expected_report_data=hashlib.sha512(context.cert_pem.encode()).digest(),
+            # Cocos' agent puts the vTPM nonce (SHA-256 of its certificate PEM) in
+            # an EAT's eat_nonce, or the report data when it has no vTPM.
+            expected_nonces=(
+                hashlib.sha256(context.cert_pem.encode()).digest(),
+                hashlib.sha512(context.cert_pem.encode()).digest(),
+            ),
             fetcher=self._fetcher,
         )
         if verdict.verified and context.policy is None and not pinning:
