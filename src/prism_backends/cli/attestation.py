@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from prism_backends.attestation import appraisal
+from prism_backends.attestation import appraisal, eat
 from prism_backends.attestation.common import AttestationError
 from prism_backends.attestation.fetch import CachingHttpFetcher
 from prism_backends.attestation.snp.abi import parse_attestation
@@ -25,7 +25,7 @@ from prism_backends.attestation.tdx.roots import bundled_roots as tdx_roots
 
 attestation_app = typer.Typer(
     rich_markup_mode=None,
-    help="Verify or show SEV-SNP reports and TDX quotes.",
+    help="Verify or show SEV-SNP reports and TDX quotes, bare or wrapped in an EAT.",
     no_args_is_help=True,
 )
 
@@ -36,7 +36,8 @@ _HEX = re.compile(rb"^(?:[0-9a-fA-F]{2})+$")
 EvidenceArg = Annotated[
     Path,
     typer.Argument(
-        help="The evidence: a raw binary file, or its base64 or hex text.",
+        help="The evidence: a report, a quote or an EAT (CBOR or JWT) wrapping one; "
+        "a raw binary file, or its base64 or hex text.",
         exists=True,
         dir_okay=False,
         readable=True,
@@ -50,14 +51,18 @@ def read_evidence(path: Path) -> bytes:
     text = b"".join(data.split())
     if text and _HEX.fullmatch(text):
         return bytes.fromhex(text.decode())
-    if text and appraisal.detect_platform(data) == "":
+    if text and not _evidence_like(data):
         try:
             decoded = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             return data
-        if appraisal.detect_platform(decoded):
+        if _evidence_like(decoded):
             return decoded
     return data
+
+
+def _evidence_like(data: bytes) -> bool:
+    return bool(appraisal.detect_platform(data)) or eat.looks_like_eat(data)
 
 
 def _parse_time(raw: str | None) -> datetime:
@@ -70,6 +75,13 @@ def _parse_time(raw: str | None) -> datetime:
     if moment.tzinfo is None:
         raise typer.BadParameter("give a time zone (e.g. 2025-01-01T00:00:00Z)", param_hint="--at")
     return moment
+
+
+def _parse_nonces(raw: list[str] | None) -> tuple[bytes, ...]:
+    try:
+        return tuple(bytes.fromhex(value) for value in raw or [])
+    except ValueError:
+        raise typer.BadParameter("must be hex", param_hint="--nonce") from None
 
 
 def _parse_hex(raw: str | None) -> bytes | None:
@@ -112,6 +124,13 @@ def verify(
     report_data: Annotated[
         str | None, typer.Option("--report-data", help="The expected report data, hex (64 bytes).")
     ] = None,
+    nonce: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nonce",
+            help="An EAT's expected eat_nonce, hex (repeat to accept several).",
+        ),
+    ] = None,
     at: Annotated[
         str | None, typer.Option("--at", help="Verify as of this RFC 3339 time (default: now).")
     ] = None,
@@ -135,6 +154,7 @@ def verify(
         now=_parse_time(at),
         policy=policy.read_bytes() if policy else None,
         expected_report_data=_parse_hex(report_data),
+        expected_nonces=_parse_nonces(nonce),
         endorsement=cert.read_bytes() if cert else None,
         fetcher=CachingHttpFetcher() if fetch else None,
     )
@@ -144,42 +164,50 @@ def verify(
 
 @attestation_app.command("show")
 def show(evidence: EvidenceArg) -> None:
-    """Print the decoded fields of a report or quote (nothing is verified)."""
+    """Print the decoded fields of a report or quote, and an EAT's claims
+    (nothing is verified)."""
     raw = read_evidence(evidence)
-    platform = appraisal.detect_platform(raw)
     try:
-        if platform == appraisal.SEV_SNP:
-            attested = parse_attestation(raw)
-            report = attested.report
+        token = eat.parse(raw)
+        if token is not None:
             fields: dict[str, Any] = {
-                "platform": platform,
-                **report_claims(report),
-                "measurement": report.measurement.hex(),
-                "report_data": report.report_data.hex(),
-                "chip_id": report.chip_id.hex(),
-                "certificates": [str(entry.guid) for entry in attested.certificates.entries],
-            }
-            product = report.cpuid_product
-            fields["tcb"] = (
-                tcb_claims(report, product)
-                if product
-                else {name: getattr(report, name) for name in _TCB_FIELDS}
-            )
-        elif platform == appraisal.TDX:
-            quote = parse_quote(raw)
-            fields = {
-                "platform": platform,
-                "header": _plain(quote.header),
-                "body": _plain(quote.body),
+                "eat": {"form": token.form, "claims": token.summary()},
+                "report": _fields(token.raw_report),
             }
         else:
-            typer.echo("error: not an SEV-SNP report nor a TDX quote (v4 or v5)", err=True)
-            raise typer.Exit(EXIT_NOT_VERIFIED)
+            fields = _fields(raw)
     except AttestationError as exc:
         typer.echo(f"error: {exc.reason}", err=True)
         raise typer.Exit(EXIT_NOT_VERIFIED) from None
     json.dump(fields, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def _fields(raw: bytes) -> dict[str, Any]:
+    """A report's or quote's decoded fields; raises for anything else."""
+    platform = appraisal.detect_platform(raw)
+    if platform == appraisal.SEV_SNP:
+        attested = parse_attestation(raw)
+        report = attested.report
+        fields: dict[str, Any] = {
+            "platform": platform,
+            **report_claims(report),
+            "measurement": report.measurement.hex(),
+            "report_data": report.report_data.hex(),
+            "chip_id": report.chip_id.hex(),
+            "certificates": [str(entry.guid) for entry in attested.certificates.entries],
+        }
+        product = report.cpuid_product
+        fields["tcb"] = (
+            tcb_claims(report, product)
+            if product
+            else {name: getattr(report, name) for name in _TCB_FIELDS}
+        )
+        return fields
+    if platform == appraisal.TDX:
+        quote = parse_quote(raw)
+        return {"platform": platform, "header": _plain(quote.header), "body": _plain(quote.body)}
+    raise AttestationError("not an SEV-SNP report nor a TDX quote (v4 or v5)")
 
 
 def _plain(value: Any) -> Any:
