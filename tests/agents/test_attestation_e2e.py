@@ -9,8 +9,10 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 
 import jwt
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
@@ -21,6 +23,7 @@ from prism_backends.cvms.models import CVM
 from prism_backends.db.engine import unit_of_work
 from prism_backends.runtime import Runtime
 from tests.agents.conftest import DOMAIN, Api, channel_of, eventually, receive, serving
+from tests.attestation import eat_wrap
 from tests.attestation.snp import signer
 
 MEASUREMENT = bytes(range(48))
@@ -162,3 +165,42 @@ def test_without_a_policy_evidence_is_refused_unless_trust_on_first_use(
     cvm = _send(runtime, api, cvm_id, _evidence(hashlib.sha512(cert_pem).digest()))
     assert cvm["attestation_token"] == ""
     assert "no attestation policy" in str(cvm["attestation_error"])
+
+
+@pytest.mark.parametrize("wrap", [eat_wrap.cbor_eat, eat_wrap.jwt_eat], ids=["cbor", "jwt"])
+def test_evidence_in_an_eat_as_cocos_sends_it_gets_a_token(
+    runtime: Runtime, api: Api, wrap: Callable[..., bytes]
+) -> None:
+    _trust_test_roots(runtime)
+    cvm_id = api.create("eat")
+    _set_policy(runtime, cvm_id, _policy(MEASUREMENT))
+    cert_pem = api.credential(cvm_id).client_cert
+    report = _evidence(hashlib.sha512(cert_pem).digest())
+    # Cocos' agent: report data SHA-512 of its certificate PEM, eat_nonce SHA-256 of it.
+    cvm = _send(runtime, api, cvm_id, wrap(report, hashlib.sha256(cert_pem).digest()))
+    assert cvm["attestation_error"] == ""
+    assert cvm["attestation_token"]
+    verified = [e for e in api.events(cvm_id) if e["kind"] == "attestation_verified"]
+    assert verified and verified[0]["details"]["eat"]["claims"]["platform_type"] == "SNP"
+
+
+@pytest.mark.parametrize(
+    ("lies", "nonce", "named"),
+    [
+        ({"x-cocos-sevsnp.measurement": bytes(48)}, None, "x-cocos-sevsnp.measurement"),
+        ({}, bytes(32), "eat_nonce"),
+    ],
+    ids=["lying-claim", "wrong-nonce"],
+)
+def test_an_eat_that_lies_or_carries_another_nonce_is_refused(
+    runtime: Runtime, api: Api, lies: dict[str, object], nonce: bytes | None, named: str
+) -> None:
+    _trust_test_roots(runtime)
+    cvm_id = api.create("lying-eat")
+    _set_policy(runtime, cvm_id, _policy(MEASUREMENT))
+    cert_pem = api.credential(cvm_id).client_cert
+    report = _evidence(hashlib.sha512(cert_pem).digest())
+    token = eat_wrap.cbor_eat(report, nonce or hashlib.sha256(cert_pem).digest(), lies=lies)
+    cvm = _send(runtime, api, cvm_id, token)
+    assert cvm["attestation_token"] == ""
+    assert named in str(cvm["attestation_error"])

@@ -21,7 +21,7 @@ from typing import Any
 import cbor2
 
 from prism_backends.attestation.common import CheckFailure, MalformedEvidence
-from prism_backends.attestation.snp.abi import parse_report
+from prism_backends.attestation.snp.abi import REPORT_SIZE, parse_report
 from prism_backends.attestation.tdx.abi import parse_quote
 
 COSE_SIGN1_TAG = 18
@@ -174,7 +174,7 @@ def contradictions(eat: Eat, platform: str, nonces: Sequence[bytes] = ()) -> lis
 
 
 def _snp_truth(raw: bytes) -> dict[str, Any]:
-    report = parse_report(raw)
+    report = parse_report(raw[:REPORT_SIZE])  # a certificate table may follow
     return {
         "measurements": report.measurement,
         "ueid": report.chip_id,
