@@ -161,11 +161,11 @@ def test_an_unreadable_token_is_refused_with_a_reason(raw: bytes, reason: str) -
     assert reason in verdict.reason
 
 
-def test_snp_vtpm_evidence_says_it_cannot_be_verified_yet() -> None:
+def test_vtpm_evidence_that_is_not_an_attestation_is_refused_saying_so() -> None:
     token = eat_wrap.cbor_eat(b"\x0a\x05tpm-attestation-protobuf", VTPM_NONCE, "vTPM")
     verdict = appraise(token, anchors=Anchors(snp_roots={}, tdx_roots=[]), now=snp_signer.NOW)
     assert not verdict.verified
-    assert "cannot be verified yet" in verdict.reason
+    assert "vTPM attestation" in verdict.reason
 
 
 def test_bare_reports_are_not_taken_for_tokens(report: bytes, vcek: Endorsement) -> None:

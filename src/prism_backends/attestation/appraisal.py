@@ -28,6 +28,8 @@ from prism_backends.attestation.snp.trust import ProductRoots
 from prism_backends.attestation.tdx import policy as tdx_policy
 from prism_backends.attestation.tdx import validate as tdx_validate
 from prism_backends.attestation.tdx import verify as tdx_verify
+from prism_backends.attestation.vtpm import policy as vtpm_policy
+from prism_backends.attestation.vtpm import verify as vtpm_verify
 
 SEV_SNP, TDX = "sev-snp", "tdx"
 TDX_TEE_TYPE = 0x81
@@ -105,17 +107,19 @@ def appraise(
         return Verdict("", False, exc.reason)
     if token is not None:
         if token.platform_type in ("SNP-vTPM", "vTPM") and not detect_platform(token.raw_report):
-            return Verdict(
-                "",
-                False,
-                f"{token.platform_type} evidence (a TPM quote with its SEV-SNP binding) "
-                "cannot be verified yet; agents can send a bare SNP report or an SNP EAT",
-                details={"eat": {"form": token.form, "claims": token.summary()}},
-            )
+            verdict = _appraise_vtpm(
+                token.raw_report, anchors, now, policy, expected_report_data, expected_nonces,
+                endorsement, fetcher,
+            )  # fmt: skip
+            return _with_eat(verdict, token, expected_nonces)
         verdict = _appraise_report(
             token.raw_report, anchors, now, policy, expected_report_data, endorsement, fetcher
         )
         return _with_eat(verdict, token, expected_nonces)
+    if not detect_platform(raw) and vtpm_verify.parse(raw) is not None:
+        return _appraise_vtpm(
+            raw, anchors, now, policy, expected_report_data, expected_nonces, endorsement, fetcher
+        )
     return _appraise_report(raw, anchors, now, policy, expected_report_data, endorsement, fetcher)
 
 
@@ -124,11 +128,71 @@ def _with_eat(verdict: Verdict, token: eat.Eat, nonces: Sequence[bytes]) -> Verd
     details = {**verdict.details, "eat": {"form": token.form, "claims": token.summary()}}
     if verdict.evidence is None:  # the report itself did not verify: that is the reason
         return replace(verdict, details=details)
-    failures = [*verdict.failures, *eat.contradictions(token, verdict.platform, nonces)]
+    report = verdict.details.get("snp_report")  # the report inside a vTPM attestation
+    contradicted = eat.contradictions(token, verdict.platform, nonces, report)
+    failures = [*verdict.failures, *contradicted]
     if not failures:
         return replace(verdict, details=details)
     reason = "; ".join(str(failure) for failure in failures)
     return Verdict(verdict.platform, False, reason, tuple(failures), verdict.evidence, details)
+
+
+def _appraise_vtpm(
+    raw: bytes,
+    anchors: Anchors,
+    now: datetime,
+    policy: bytes | None,
+    expected_report_data: bytes | None,
+    expected_nonces: Sequence[bytes],
+    endorsement: bytes | None,
+    fetcher: Fetcher | None,
+) -> Verdict:
+    """SEV-SNP + vTPM evidence: the quotes, the SNP report that binds their key
+    (its report data is SHA3-512 of the expected report data and the key),
+    and the policy's PCR values."""
+    attestation = vtpm_verify.parse(raw)
+    if attestation is None:
+        return Verdict("", False, "not a vTPM attestation (go-tpm-tools attest.Attestation)")
+    try:
+        pcr_policy = vtpm_policy.parse_pcr_values(policy)
+        quotes = vtpm_verify.verify_quotes(attestation)
+        snp_raw = vtpm_verify.snp_evidence(attestation)
+    except PolicyError as exc:
+        return Verdict(SEV_SNP, False, f"the attestation policy is not valid: {exc}")
+    except AttestationError as exc:
+        return Verdict(SEV_SNP, False, exc.reason)
+    bound = (
+        vtpm_verify.binding(expected_report_data, quotes.ak_pub)
+        if expected_report_data is not None
+        else None
+    )
+    verdict = _appraise_report(snp_raw, anchors, now, policy, bound, endorsement, fetcher)
+    pcrs = {
+        bank: {str(i): v.hex() for i, v in sorted(values.items())}
+        for bank, values in quotes.pcrs.items()
+    }
+    vtpm_claims = {
+        "pcrs": pcrs,
+        "pcrs_checked": vtpm_policy.checked_names(pcr_policy),
+        "nonce": quotes.nonce.hex(),
+    }
+    details = {**verdict.details, "snp_report": snp_raw[:REPORT_SIZE], "vtpm": vtpm_claims}
+    if verdict.evidence is None:
+        return replace(verdict, details=details)
+    failures = list(verdict.failures)
+    if failures and failures[0].field == "report_data":
+        failures[0] = CheckFailure(
+            "report_data (binds the attestation key)", failures[0].expected, failures[0].actual
+        )
+    if expected_nonces and quotes.nonce not in expected_nonces:
+        wanted = " or ".join(n.hex() for n in expected_nonces)
+        failures.append(CheckFailure("vtpm.nonce", wanted, quotes.nonce.hex() or "(none)"))
+    failures += vtpm_policy.check_pcrs(pcr_policy, quotes.pcrs)
+    evidence = replace(verdict.evidence, claims={**verdict.evidence.claims, "vtpm": vtpm_claims})
+    if failures:
+        reason = "; ".join(str(failure) for failure in failures)
+        return Verdict(SEV_SNP, False, reason, tuple(failures), evidence, details)
+    return Verdict(SEV_SNP, True, evidence=evidence, details=details)
 
 
 def _appraise_report(

@@ -156,9 +156,13 @@ def _decoded_bytes(value: Any, key: str = "") -> Any:
     return value
 
 
-def contradictions(eat: Eat, platform: str, nonces: Sequence[bytes] = ()) -> list[CheckFailure]:
-    """Where the token's claims disagree with its (verified) ``raw_report``, or
-    its nonce is not one of ``nonces`` (when given): one failure per claim."""
+def contradictions(
+    eat: Eat, platform: str, nonces: Sequence[bytes] = (), report: bytes | None = None
+) -> list[CheckFailure]:
+    """Where the token's claims disagree with its (verified) report (``report``,
+    or else its ``raw_report``), or its nonce is not one of ``nonces`` (when
+    given): one failure per claim."""
+    truth_source = eat.raw_report if report is None else report
     failures = []
     expected_platform = PLATFORMS.get(eat.platform_type)
     if expected_platform != platform:
@@ -167,9 +171,9 @@ def contradictions(eat: Eat, platform: str, nonces: Sequence[bytes] = ()) -> lis
         wanted = " or ".join(n.hex() for n in nonces)
         failures.append(CheckFailure("eat_nonce", wanted, eat.nonce.hex() or "(none)"))
     if platform == "sev-snp":
-        failures += _compare(eat.claims, _snp_truth(eat.raw_report))
+        failures += _compare(eat.claims, _snp_truth(truth_source))
     elif platform == "tdx":
-        failures += _compare(eat.claims, _tdx_truth(eat.raw_report))
+        failures += _compare(eat.claims, _tdx_truth(truth_source))
     return failures
 
 

@@ -195,7 +195,7 @@ def test_trusted_key_certificates() -> None:
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ({"policy": {}, "pcr_values": {}}, r"unknown key\(s\) in config: pcr_values"),
+        ({"policy": {}, "pcr_valuez": {}}, r"unknown key\(s\) in config: pcr_valuez"),
         ({"policy": {"measurment": "", "foo": 1}}, r"unknown key\(s\) in policy: foo, measurment"),
         (
             {"root_of_trust": {"productName": "Milan"}},

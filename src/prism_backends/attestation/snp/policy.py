@@ -391,7 +391,10 @@ def parse_config(document: str | bytes | Mapping[str, Any]) -> SnpConfig:
             document = json.loads(document)
         except ValueError as exc:
             raise PolicyError(f"the policy document is not JSON: {exc}") from exc
-    doc = _canonical_keys(_mapping(document, "config"), ("policy", "root_of_trust"), "config")
+    # pcr_values (Cocos' PCR reference values) is read by attestation.vtpm.policy.
+    doc = _canonical_keys(
+        _mapping(document, "config"), ("policy", "root_of_trust", "pcr_values"), "config"
+    )
     policy = doc.get("policy")
     root = doc.get("root_of_trust")
     return SnpConfig(
