@@ -19,12 +19,14 @@ from sqlalchemy import update
 from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
 from prism_backends.attestation.appraisal import Anchors
 from prism_backends.attestation.snp import abi
+from prism_backends.attestation.vtpm import verify as vtpm_verify
 from prism_backends.cvms.models import CVM
 from prism_backends.db.engine import unit_of_work
 from prism_backends.runtime import Runtime
 from tests.agents.conftest import DOMAIN, Api, channel_of, eventually, receive, serving
 from tests.attestation import eat_wrap
 from tests.attestation.snp import signer
+from tests.attestation.vtpm_signer import DEFAULT_PCRS, VtpmEvidence
 
 MEASUREMENT = bytes(range(48))
 
@@ -204,3 +206,33 @@ def test_an_eat_that_lies_or_carries_another_nonce_is_refused(
     cvm = _send(runtime, api, cvm_id, token)
     assert cvm["attestation_token"] == ""
     assert named in str(cvm["attestation_error"])
+
+
+def test_snp_vtpm_evidence_in_an_eat_gets_a_token_naming_the_pcrs(
+    runtime: Runtime, api: Api
+) -> None:
+    _trust_test_roots(runtime)
+    cvm_id = api.create("vtpm")
+    pinned = json.loads(_policy(MEASUREMENT))
+    pcr15 = DEFAULT_PCRS["sha256"][15].hex()
+    _set_policy(
+        runtime, cvm_id, json.dumps({**pinned, "pcr_values": {"sha256": {"15": pcr15}}}).encode()
+    )
+    cert_pem = api.credential(cvm_id).client_cert
+    hierarchy = signer.hierarchy(abi.MILAN)
+    vcek = hierarchy.endorsement(tcb=signer.MILAN_TCB, chip_id=signer.CHIP_ID)
+    raw = VtpmEvidence(
+        tee_nonce=hashlib.sha512(cert_pem).digest(),
+        nonce=hashlib.sha256(cert_pem).digest(),
+        spec=signer.ReportSpec(measurement=MEASUREMENT),
+    ).build(vcek)
+    parsed = vtpm_verify.parse(raw)
+    assert parsed is not None
+    token = eat_wrap.cbor_eat(
+        raw, hashlib.sha256(cert_pem).digest(), "SNP-vTPM",
+        snp_report=vtpm_verify.snp_evidence(parsed),
+    )  # fmt: skip
+    cvm = _send(runtime, api, cvm_id, token)
+    assert cvm["attestation_error"] == ""
+    claims = jwt.decode(str(cvm["attestation_token"]), options={"verify_signature": False})
+    assert claims["claims"]["vtpm"]["pcrs_checked"] == ["sha256:15"]

@@ -23,14 +23,17 @@ _INT_KEYS = {"iss": 1, "exp": 4, "iat": 6, "eat_nonce": 10, "ueid": 256, "oemid"
              "hwmodel": 259, "intuse": 262, "dbgstat": 263, "measurements": 265}  # fmt: skip
 
 
-def claims_of(raw: bytes, nonce: bytes, platform_type: str) -> dict[str, Any]:
-    """The claims Cocos' agent derives from a report or quote."""
+def claims_of(
+    raw: bytes, nonce: bytes, platform_type: str, snp_report: bytes | None = None
+) -> dict[str, Any]:
+    """The claims Cocos' agent derives from a report or quote (for SEV-SNP +
+    vTPM evidence, from the SNP report inside: ``snp_report``)."""
     claims: dict[str, Any] = {
         "iss": ISSUER, "iat": 1_700_000_000, "exp": 1_700_000_300, "eat_nonce": nonce,
         "dbgstat": 2, "intuse": 1, "platform_type": platform_type, "raw_report": raw,
     }  # fmt: skip
     if platform_type in ("SNP", "SNP-vTPM"):
-        report = parse_report(raw[:0x4A0])
+        report = parse_report((snp_report or raw)[:0x4A0])
         claims.update(measurements=report.measurement, ueid=report.chip_id, oemid=3704)
         claims["x-cocos-sevsnp"] = {
             "measurement": report.measurement, "policy": report.policy,
@@ -66,10 +69,14 @@ def _with_lies(claims: dict[str, Any], lies: Mapping[str, Any]) -> dict[str, Any
 
 
 def cbor_eat(
-    raw: bytes, nonce: bytes, platform_type: str = "SNP", lies: Mapping[str, Any] = {}
+    raw: bytes,
+    nonce: bytes,
+    platform_type: str = "SNP",
+    lies: Mapping[str, Any] = {},
+    snp_report: bytes | None = None,
 ) -> bytes:
     """A tagged COSE_Sign1 (ES256) over the CBOR claims, keys as Cocos encodes them."""
-    claims = _with_lies(claims_of(raw, nonce, platform_type), lies)
+    claims = _with_lies(claims_of(raw, nonce, platform_type, snp_report), lies)
     payload = cbor2.dumps({_INT_KEYS.get(k, k): v for k, v in claims.items()})
     protected = cbor2.dumps({1: -7})  # alg: ES256
     to_sign = cbor2.dumps(["Signature1", protected, b"", payload])
@@ -81,12 +88,16 @@ def cbor_eat(
 
 
 def jwt_eat(
-    raw: bytes, nonce: bytes, platform_type: str = "SNP", lies: Mapping[str, Any] = {}
+    raw: bytes,
+    nonce: bytes,
+    platform_type: str = "SNP",
+    lies: Mapping[str, Any] = {},
+    snp_report: bytes | None = None,
 ) -> bytes:
     """A JWT (ES256) with the same claims, byte strings as Go's base64."""
     import jwt
 
-    claims = _with_lies(claims_of(raw, nonce, platform_type), lies)
+    claims = _with_lies(claims_of(raw, nonce, platform_type, snp_report), lies)
     key = ec.generate_private_key(ec.SECP256R1())
     return jwt.encode(_json(claims), key, algorithm="ES256").encode()
 
