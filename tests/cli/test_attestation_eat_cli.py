@@ -120,3 +120,30 @@ def test_show_refuses_an_unreadable_token(
     result = invoke(runner, "attestation", "show", evidence)
     assert result.exit_code == 1
     assert "JWT" in result.output
+
+
+def test_vtpm_evidence_verifies_and_shows(
+    runner: CliRunner,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from prism_backends.attestation.snp import abi as snp_abi
+    from tests.attestation.snp import signer as snp_signer
+    from tests.attestation.vtpm_signer import VtpmEvidence
+
+    hierarchy = snp_signer.hierarchy(snp_abi.MILAN)
+    vcek = hierarchy.endorsement(tcb=snp_signer.MILAN_TCB, chip_id=snp_signer.CHIP_ID)
+    raw = VtpmEvidence(tee_nonce=bytes(64), nonce=NONCE).build(vcek)
+    evidence = write(tmp_path / "vtpm.b64", base64.b64encode(raw))
+    shown = invoke(runner, "attestation", "show", evidence)
+    assert shown.exit_code == 0, shown.output
+    document = json.loads(shown.stdout)
+    assert document["platform"] == "sev-snp+vtpm"
+    assert document["quotes"][0]["nonce"] == NONCE.hex()
+    assert document["snp_report"]["platform"] == "sev-snp"
+    # The test AMD roots are not AMD's: verification runs and says where it stopped.
+    verified = invoke(runner, "attestation", "verify", evidence, "--nonce", NONCE.hex())
+    assert verified.exit_code == 1
+    assert (
+        "root" in verdict(verified)["reason"].lower()
+        or "chain" in verdict(verified)["reason"].lower()
+    )

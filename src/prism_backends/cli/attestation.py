@@ -22,10 +22,13 @@ from prism_backends.attestation.snp.roots import bundled_roots as snp_roots
 from prism_backends.attestation.snp.verify import report_claims, tcb_claims
 from prism_backends.attestation.tdx.abi import parse_quote
 from prism_backends.attestation.tdx.roots import bundled_roots as tdx_roots
+from prism_backends.attestation.vtpm import tpm2
+from prism_backends.attestation.vtpm import verify as vtpm_verify
 
 attestation_app = typer.Typer(
     rich_markup_mode=None,
-    help="Verify or show SEV-SNP reports and TDX quotes, bare or wrapped in an EAT.",
+    help="Verify or show SEV-SNP reports, TDX quotes and SEV-SNP + vTPM attestations, "
+    "bare or wrapped in an EAT.",
     no_args_is_help=True,
 )
 
@@ -36,7 +39,8 @@ _HEX = re.compile(rb"^(?:[0-9a-fA-F]{2})+$")
 EvidenceArg = Annotated[
     Path,
     typer.Argument(
-        help="The evidence: a report, a quote or an EAT (CBOR or JWT) wrapping one; "
+        help="The evidence: a report, a quote, a vTPM attestation or an EAT (CBOR or JWT) "
+        "wrapping one; "
         "a raw binary file, or its base64 or hex text.",
         exists=True,
         dir_okay=False,
@@ -62,7 +66,11 @@ def read_evidence(path: Path) -> bytes:
 
 
 def _evidence_like(data: bytes) -> bool:
-    return bool(appraisal.detect_platform(data)) or eat.looks_like_eat(data)
+    return (
+        bool(appraisal.detect_platform(data))
+        or eat.looks_like_eat(data)
+        or vtpm_verify.parse(data) is not None
+    )
 
 
 def _parse_time(raw: str | None) -> datetime:
@@ -184,8 +192,26 @@ def show(evidence: EvidenceArg) -> None:
 
 
 def _fields(raw: bytes) -> dict[str, Any]:
-    """A report's or quote's decoded fields; raises for anything else."""
+    """A report's, quote's or vTPM attestation's decoded fields; raises for anything else."""
     platform = appraisal.detect_platform(raw)
+    attestation = vtpm_verify.parse(raw) if not platform else None
+    if attestation is not None:
+        quotes = []
+        for tpm_quote in attestation.quotes:
+            info = tpm2.parse_quote(tpm_quote.quote)
+            quotes.append(
+                {
+                    "nonce": info.extra_data.hex(),
+                    "selection": {bank: list(indices) for bank, indices in info.selection},
+                    "pcrs": {str(i): v.hex() for i, v in sorted(tpm_quote.pcrs.pcrs.items())},
+                }
+            )
+        return {
+            "platform": "sev-snp+vtpm",
+            "ak_pub": attestation.ak_pub.hex(),
+            "quotes": quotes,
+            "snp_report": _fields(vtpm_verify.snp_evidence(attestation)),
+        }
     if platform == appraisal.SEV_SNP:
         attested = parse_attestation(raw)
         report = attested.report
