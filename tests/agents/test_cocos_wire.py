@@ -314,3 +314,41 @@ def test_a_cocos_agent_runs_a_whole_session(runtime: Runtime, api: Api, cocos: C
 
     asyncio.run(scenario())
     assert footprint(runtime, cvm_id).sessions == 0
+
+
+def test_a_cocos_client_sending_eat_evidence_sees_the_verdict_on_the_cvm(
+    runtime: Runtime, api: Api, cocos: Cocos
+) -> None:
+    import hashlib
+
+    from tests.agents import test_attestation_e2e as e2e
+    from tests.attestation import eat_wrap
+
+    e2e._trust_test_roots(runtime)
+    cvm_id = api.create("cocos-eat")
+    e2e._set_policy(runtime, cvm_id, e2e._policy(e2e.MEASUREMENT))
+    credential = api.credential(cvm_id)
+    report = e2e._evidence(hashlib.sha512(credential.client_cert).digest())
+    token = eat_wrap.cbor_eat(report, hashlib.sha256(credential.client_cert).digest())
+    pb = cocos.pb2
+
+    def verdict() -> dict[str, Any] | None:
+        cvm = api.cvm(cvm_id)
+        return cvm if cvm["attestation_token"] else None
+
+    async def scenario() -> dict[str, Any]:
+        async with serving(runtime) as endpoint, channel_of(endpoint.port, credential) as channel:
+            call = cocos.pb2_grpc.ServiceStub(channel).Process(metadata=(("job-id", cvm_id),))
+            await receive(call, "agentStateReq")
+            await call.write(
+                pb.ClientStreamMessage(
+                    vTPMattestationReport=pb.AttestationResponse(file=token, certSerialNumber="1")
+                )
+            )
+            cvm = await eventually(verdict, "the EAT's verdict on the CVM")
+            call.cancel()
+            return cvm
+
+    cvm = asyncio.run(scenario())
+    assert cvm["attestation_error"] == ""
+    assert base64.b64decode(cvm["attestation"]) == token
