@@ -166,6 +166,12 @@ class Settings(LayeredSettings):
         description="Fetch VCEKs and TDX collateral from AMD KDS / Intel PCS when the "
         "evidence does not carry them (cached in DATA_DIR/endorsements).",
     )
+    attestation_crl: Literal["policy", "open", "closed"] = Field(
+        "policy",
+        description="When AMD's CRL is applied to SEV-SNP chains: 'policy' (when a CVM's "
+        "policy sets check_crl; a CRL that cannot be had then refuses), 'open' (always; "
+        "accepted, noted, when it cannot be had), 'closed' (always; refused then).",
+    )
     azure_attestation_jwks_file: Path | None = Field(
         None, description="JWKS of the Azure Attestation provider whose tokens agents send."
     )

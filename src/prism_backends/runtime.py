@@ -116,6 +116,7 @@ class Runtime:
                 token_lifetime=timedelta(minutes=settings.attestation_token_minutes),
                 key_rotation=timedelta(days=settings.attestation_key_rotation_days),
                 trust_on_first_use=settings.attestation_trust_on_first_use,
+                crl=settings.attestation_crl,
             ),
             fetcher=(
                 CachingHttpFetcher(settings.data_dir / "endorsements")

@@ -20,6 +20,8 @@ from prism_backends.attestation.common import (
     PolicyError,
     Verified,
 )
+from prism_backends.attestation.snp import abi as snp_abi
+from prism_backends.attestation.snp import crl as snp_crl
 from prism_backends.attestation.snp import policy as snp_policy
 from prism_backends.attestation.snp import validate as snp_validate
 from prism_backends.attestation.snp import verify as snp_verify
@@ -84,6 +86,18 @@ def detect_platform(raw: bytes) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class _Given:
+    """What every step of an appraisal is given besides the evidence."""
+
+    anchors: Anchors
+    now: datetime
+    policy: bytes | None
+    endorsement: bytes | None
+    fetcher: Fetcher | None
+    revocation: snp_crl.RevocationChecks
+
+
 def appraise(
     raw: bytes,
     *,
@@ -94,33 +108,38 @@ def appraise(
     expected_nonces: Sequence[bytes] = (),
     endorsement: bytes | None = None,
     fetcher: Fetcher | None = None,
+    revocation: snp_crl.RevocationChecks | None = None,
 ) -> Verdict:
-    """The verdict on ``raw`` evidence: a report, a quote, or an EAT wrapping
-    one. Verified only when its signatures and chain verify, ``report_data``
-    equals ``expected_report_data`` (when given), every check of ``policy``
-    (go-sev-guest ``check.Config`` or go-tdx-guest ``checkconfig.Config`` JSON,
-    when given) passes, and an EAT's claims agree with its report and its
-    nonce is one of ``expected_nonces`` (when given)."""
+    """The verdict on ``raw`` evidence: a report, a quote, an SEV-SNP + vTPM
+    attestation, or an EAT wrapping one. Verified only when its signatures and
+    chain verify, ``report_data`` equals ``expected_report_data`` (when
+    given), every check of ``policy`` (go-sev-guest ``check.Config`` or
+    go-tdx-guest ``checkconfig.Config`` JSON, with Cocos' ``pcr_values``, when
+    given) passes, AMD's CRL (when ``revocation`` or the policy asks) does not
+    revoke the chain, and an EAT's claims agree with its report and its nonce
+    is one of ``expected_nonces`` (when given)."""
+    given = _Given(
+        anchors, now, policy, endorsement, fetcher, revocation or snp_crl.RevocationChecks()
+    )
     try:
         token = eat.parse(raw)
     except AttestationError as exc:
         return Verdict("", False, exc.reason)
-    if token is not None:
-        if token.platform_type in ("SNP-vTPM", "vTPM") and not detect_platform(token.raw_report):
-            verdict = _appraise_vtpm(
-                token.raw_report, anchors, now, policy, expected_report_data, expected_nonces,
-                endorsement, fetcher,
-            )  # fmt: skip
-            return _with_eat(verdict, token, expected_nonces)
-        verdict = _appraise_report(
-            token.raw_report, anchors, now, policy, expected_report_data, endorsement, fetcher
-        )
-        return _with_eat(verdict, token, expected_nonces)
+    if token is None:
+        return _appraise_evidence(raw, given, expected_report_data, expected_nonces)
+    if token.platform_type in ("SNP-vTPM", "vTPM") and not detect_platform(token.raw_report):
+        verdict = _appraise_vtpm(token.raw_report, given, expected_report_data, expected_nonces)
+    else:
+        verdict = _appraise_evidence(token.raw_report, given, expected_report_data, expected_nonces)
+    return _with_eat(verdict, token, expected_nonces)
+
+
+def _appraise_evidence(
+    raw: bytes, given: _Given, expected_report_data: bytes | None, nonces: Sequence[bytes]
+) -> Verdict:
     if not detect_platform(raw) and vtpm_verify.parse(raw) is not None:
-        return _appraise_vtpm(
-            raw, anchors, now, policy, expected_report_data, expected_nonces, endorsement, fetcher
-        )
-    return _appraise_report(raw, anchors, now, policy, expected_report_data, endorsement, fetcher)
+        return _appraise_vtpm(raw, given, expected_report_data, nonces)
+    return _appraise_report(raw, given, expected_report_data)
 
 
 def _with_eat(verdict: Verdict, token: eat.Eat, nonces: Sequence[bytes]) -> Verdict:
@@ -138,14 +157,7 @@ def _with_eat(verdict: Verdict, token: eat.Eat, nonces: Sequence[bytes]) -> Verd
 
 
 def _appraise_vtpm(
-    raw: bytes,
-    anchors: Anchors,
-    now: datetime,
-    policy: bytes | None,
-    expected_report_data: bytes | None,
-    expected_nonces: Sequence[bytes],
-    endorsement: bytes | None,
-    fetcher: Fetcher | None,
+    raw: bytes, given: _Given, expected_report_data: bytes | None, nonces: Sequence[bytes]
 ) -> Verdict:
     """SEV-SNP + vTPM evidence: the quotes, the SNP report that binds their key
     (its report data is SHA3-512 of the expected report data and the key),
@@ -154,7 +166,7 @@ def _appraise_vtpm(
     if attestation is None:
         return Verdict("", False, "not a vTPM attestation (go-tpm-tools attest.Attestation)")
     try:
-        pcr_policy = vtpm_policy.parse_pcr_values(policy)
+        pcr_policy = vtpm_policy.parse_pcr_values(given.policy)
         quotes = vtpm_verify.verify_quotes(attestation)
         snp_raw = vtpm_verify.snp_evidence(attestation)
     except PolicyError as exc:
@@ -166,13 +178,12 @@ def _appraise_vtpm(
         if expected_report_data is not None
         else None
     )
-    verdict = _appraise_report(snp_raw, anchors, now, policy, bound, endorsement, fetcher)
-    pcrs = {
-        bank: {str(i): v.hex() for i, v in sorted(values.items())}
-        for bank, values in quotes.pcrs.items()
-    }
+    verdict = _appraise_report(snp_raw, given, bound)
     vtpm_claims = {
-        "pcrs": pcrs,
+        "pcrs": {
+            bank: {str(i): v.hex() for i, v in sorted(values.items())}
+            for bank, values in quotes.pcrs.items()
+        },
         "pcrs_checked": vtpm_policy.checked_names(pcr_policy),
         "nonce": quotes.nonce.hex(),
     }
@@ -184,8 +195,8 @@ def _appraise_vtpm(
         failures[0] = CheckFailure(
             "report_data (binds the attestation key)", failures[0].expected, failures[0].actual
         )
-    if expected_nonces and quotes.nonce not in expected_nonces:
-        wanted = " or ".join(n.hex() for n in expected_nonces)
+    if nonces and quotes.nonce not in nonces:
+        wanted = " or ".join(n.hex() for n in nonces)
         failures.append(CheckFailure("vtpm.nonce", wanted, quotes.nonce.hex() or "(none)"))
     failures += vtpm_policy.check_pcrs(pcr_policy, quotes.pcrs)
     evidence = replace(verdict.evidence, claims={**verdict.evidence.claims, "vtpm": vtpm_claims})
@@ -195,23 +206,15 @@ def _appraise_vtpm(
     return Verdict(SEV_SNP, True, evidence=evidence, details=details)
 
 
-def _appraise_report(
-    raw: bytes,
-    anchors: Anchors,
-    now: datetime,
-    policy: bytes | None,
-    expected_report_data: bytes | None,
-    endorsement: bytes | None,
-    fetcher: Fetcher | None,
-) -> Verdict:
+def _appraise_report(raw: bytes, given: _Given, expected_report_data: bytes | None) -> Verdict:
     platform = detect_platform(raw)
     if not platform:
         return Verdict("", False, "not an SEV-SNP report nor a TDX quote (v4 or v5)")
     try:
         if platform == SEV_SNP:
-            evidence, failures = _snp(raw, anchors, now, policy, endorsement, fetcher)
+            evidence, failures = _snp(raw, given)
         else:
-            evidence, failures = _tdx(raw, anchors, now, policy, fetcher)
+            evidence, failures = _tdx(raw, given)
     except PolicyError as exc:
         return Verdict(platform, False, f"the attestation policy is not valid: {exc}")
     except AttestationError as exc:
@@ -227,40 +230,51 @@ def _appraise_report(
     return Verdict(platform, True, evidence=evidence)
 
 
-def _snp(
-    raw: bytes,
-    anchors: Anchors,
-    now: datetime,
-    policy: bytes | None,
-    endorsement: bytes | None,
-    fetcher: Fetcher | None,
-) -> tuple[Verified, list[CheckFailure]]:
-    config = snp_policy.parse_config(policy) if policy is not None else None
+def _snp(raw: bytes, given: _Given) -> tuple[Verified, list[CheckFailure]]:
+    config = snp_policy.parse_config(given.policy) if given.policy is not None else None
     product = None
     if config is not None:
         product = config.root_of_trust.product_line or None
     verified = snp_verify.verify(
         raw,
-        roots=anchors.snp_roots,
-        now=now,
-        vcek=endorsement,
-        fetcher=fetcher,
+        roots=given.anchors.snp_roots,
+        now=given.now,
+        vcek=given.endorsement,
+        fetcher=given.fetcher,
         product=product,
     )
     failures = snp_validate.validate(verified, config.policy) if config is not None else []
-    return verified.verified, failures
+    demanded = config is not None and config.root_of_trust.check_crl
+    crl_state = _snp_revocation(verified, demanded, given)
+    summary = replace(verified.verified, claims={**verified.verified.claims, "crl": crl_state})
+    return summary, failures
 
 
-def _tdx(
-    raw: bytes,
-    anchors: Anchors,
-    now: datetime,
-    policy: bytes | None,
-    fetcher: Fetcher | None,
-) -> tuple[Verified, list[CheckFailure]]:
-    config = tdx_policy.parse_config(policy) if policy is not None else None
+def _snp_revocation(verified: snp_verify.VerifiedSnp, demanded: bool, given: _Given) -> str:
+    """Apply AMD's CRL when the policy demands it or the deployment always does;
+    raises for a revoked ASK/ASVK, and for an unavailable CRL when closed. The
+    outcome for the verdict: ``good``, ``not checked`` or ``unavailable: ...``."""
+    checks = given.revocation
+    if not (demanded or checks.always) or verified.ark is None or verified.intermediate is None:
+        return "not checked"
+    vlek = verified.signing_key == snp_abi.SigningKey.VLEK
+    url = snp_crl.crl_url(verified.intermediate, verified.product, vlek)
+    try:
+        crl = checks.cache.current(url, given.fetcher, given.now)
+    except snp_crl.CrlUnavailable as exc:
+        if demanded or checks.when_unavailable == "closed":
+            raise
+        return f"unavailable: {exc.reason}"
+    snp_crl.check(
+        crl, ark=verified.ark, intermediate=verified.intermediate, role="ASVK" if vlek else "ASK"
+    )
+    return "good"
+
+
+def _tdx(raw: bytes, given: _Given) -> tuple[Verified, list[CheckFailure]]:
+    config = tdx_policy.parse_config(given.policy) if given.policy is not None else None
     verified = tdx_verify.verify(
-        raw, trusted_roots=list(anchors.tdx_roots), now=now, fetcher=fetcher
+        raw, trusted_roots=list(given.anchors.tdx_roots), now=given.now, fetcher=given.fetcher
     )
     failures = tdx_validate.validate(verified.quote, config.policy) if config is not None else []
     return verified.verified, failures

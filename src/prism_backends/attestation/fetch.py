@@ -27,10 +27,17 @@ class CachingHttpFetcher:
     def get(self, url: str) -> bytes:
         return self.get_with_headers(url)[1]
 
+    def refresh(self, url: str) -> bytes:
+        """GET past the cache (a CRL past its next update), replacing what it held."""
+        return self._fetch(url)[1]
+
     def get_with_headers(self, url: str) -> tuple[dict[str, str], bytes]:
         cached = self._cached(url)
         if cached is not None:
             return cached
+        return self._fetch(url)
+
+    def _fetch(self, url: str) -> tuple[dict[str, str], bytes]:
         try:
             response = httpx.get(url, timeout=TIMEOUT_SECONDS, follow_redirects=True)
         except httpx.HTTPError as exc:

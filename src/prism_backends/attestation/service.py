@@ -24,6 +24,7 @@ from prism_backends.attestation.appraisal import Anchors, Verdict, appraise
 from prism_backends.attestation.common import Fetcher
 from prism_backends.attestation.maa import RemoteJwks, jwks_keys
 from prism_backends.attestation.pinning import pinned_policy
+from prism_backends.attestation.snp.crl import RevocationChecks
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
 
@@ -36,6 +37,7 @@ class AttestationSettings:
     token_lifetime: timedelta
     key_rotation: timedelta
     trust_on_first_use: bool
+    crl: str = "policy"  # policy | open | closed: see Settings.attestation_crl
 
 
 class Appraiser:
@@ -57,6 +59,11 @@ class Appraiser:
         self._fetcher = fetcher
         self._azure_keys = jwks_keys(azure_jwks) if azure_jwks else {}
         self._azure_jwks = RemoteJwks(azure_jwks_url) if azure_jwks_url else None
+        # One cache for the process: AMD's CRLs are kept until their next update.
+        self._revocation = RevocationChecks(
+            always=settings.crl != "policy",
+            when_unavailable="closed" if settings.crl == "closed" else "open",
+        )
 
     def evidence(self, cvm_id: str, raw: bytes) -> Verdict | None:
         """Appraise an agent's evidence and record the verdict. None when the
@@ -80,6 +87,7 @@ class Appraiser:
                 hashlib.sha512(context.cert_pem.encode()).digest(),
             ),
             fetcher=self._fetcher,
+            revocation=self._revocation,
         )
         if verdict.verified and context.policy is None and not pinning:
             verdict = Verdict(

@@ -18,6 +18,7 @@ from prism_backends.attestation import appraisal, eat
 from prism_backends.attestation.common import AttestationError
 from prism_backends.attestation.fetch import CachingHttpFetcher
 from prism_backends.attestation.snp.abi import parse_attestation
+from prism_backends.attestation.snp.crl import RevocationChecks
 from prism_backends.attestation.snp.roots import bundled_roots as snp_roots
 from prism_backends.attestation.snp.verify import report_claims, tcb_claims
 from prism_backends.attestation.tdx.abi import parse_quote
@@ -142,6 +143,15 @@ def verify(
     at: Annotated[
         str | None, typer.Option("--at", help="Verify as of this RFC 3339 time (default: now).")
     ] = None,
+    crl: Annotated[
+        str,
+        typer.Option(
+            "--crl",
+            help="AMD's CRL for SEV-SNP: 'policy' (when the policy sets check_crl), 'open' "
+            "(always; accepted when it cannot be had), 'closed' (always; refused then). "
+            "Needs --fetch.",
+        ),
+    ] = "policy",
     fetch: Annotated[
         bool,
         typer.Option(
@@ -155,6 +165,8 @@ def verify(
 
     Exit 0 when verified, 1 when not (for any reason about the evidence), 2 on a
     usage error or an unreadable file."""
+    if crl not in ("policy", "open", "closed"):
+        raise typer.BadParameter("one of policy, open, closed", param_hint="--crl")
     raw = read_evidence(evidence)
     verdict = appraisal.appraise(
         raw,
@@ -165,6 +177,9 @@ def verify(
         expected_nonces=_parse_nonces(nonce),
         endorsement=cert.read_bytes() if cert else None,
         fetcher=CachingHttpFetcher() if fetch else None,
+        revocation=RevocationChecks(
+            always=crl != "policy", when_unavailable="closed" if crl == "closed" else "open"
+        ),
     )
     typer.echo(json.dumps(verdict.as_json(), indent=2, sort_keys=True))
     raise typer.Exit(EXIT_VERIFIED if verdict.verified else EXIT_NOT_VERIFIED)

@@ -9,8 +9,8 @@ be the bundled root for the product (byte-for-byte). Then the report's
 signature is checked with the endorsement key and the certificate's TCB and
 hwid extensions must match the report's REPORTED_TCB and CHIP_ID.
 
-Not checked here: certificate revocation (AMD's CRLs are not consulted), and
-anything a policy decides (see :mod:`.validate`).
+Not checked here: certificate revocation (AMD's CRL, see :mod:`.crl`, applied
+by the caller when asked), and anything a policy decides (see :mod:`.validate`).
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ class VerifiedSnp:
     signing_key: SigningKey
     endorsement: EndorsementExtensions
     certificates: CertTable
+    ark: x509.Certificate | None = None  # the chain it verified through,
+    intermediate: x509.Certificate | None = None  # for the CRL check (ASK or ASVK)
 
 
 def verify(
@@ -158,7 +160,7 @@ def _verify(
     if trusted.product != line:
         raise ChainInvalid(f"the roots given for {line} are {trusted.product}'s")
 
-    _verify_chain(leaf, kind, line, trusted, attestation.certificates, now)
+    ark, intermediate = _verify_chain(leaf, kind, line, trusted, attestation.certificates, now)
     _verify_report_signature(report, leaf, role)
     _match_extensions(report, extensions, kind, role)
     return VerifiedSnp(
@@ -174,6 +176,8 @@ def _verify(
         signing_key=kind,
         endorsement=extensions,
         certificates=attestation.certificates,
+        ark=ark,
+        intermediate=intermediate,
     )
 
 
@@ -308,7 +312,7 @@ def _verify_chain(
     trusted: ProductRoots,
     table: CertTable,
     now: datetime,
-) -> None:
+) -> tuple[x509.Certificate, x509.Certificate]:
     role = kind.name
     ark = trusted.ark
     der = serialization.Encoding.DER
@@ -345,6 +349,7 @@ def _verify_chain(
 
     _check_signed_by(leaf, role, ask, ask_role)
     _check_validity(leaf, role, now)
+    return ark, ask
 
 
 def _verify_report_signature(report: Report, leaf: x509.Certificate, role: str) -> None:
