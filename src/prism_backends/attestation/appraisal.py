@@ -11,8 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from prism_backends.attestation import eat
+from prism_backends.attestation import corim, eat
 from prism_backends.attestation.common import (
     AttestationError,
     CheckFailure,
@@ -96,6 +97,13 @@ class _Given:
     endorsement: bytes | None
     fetcher: Fetcher | None
     revocation: snp_crl.RevocationChecks
+    corim_keys: tuple[ec.EllipticCurvePublicKey, ...] = ()
+
+    def policy_for(self, platform: str) -> bytes | None:
+        """The JSON policy to apply: a CoRIM's reference values as such JSON."""
+        if self.policy is None or not corim.is_corim(self.policy):
+            return self.policy
+        return corim.to_policy_json(corim.parse(self.policy, platform, self.corim_keys))
 
 
 def appraise(
@@ -109,6 +117,7 @@ def appraise(
     endorsement: bytes | None = None,
     fetcher: Fetcher | None = None,
     revocation: snp_crl.RevocationChecks | None = None,
+    corim_keys: Sequence[ec.EllipticCurvePublicKey] = (),
 ) -> Verdict:
     """The verdict on ``raw`` evidence: a report, a quote, an SEV-SNP + vTPM
     attestation, or an EAT wrapping one. Verified only when its signatures and
@@ -119,7 +128,13 @@ def appraise(
     revoke the chain, and an EAT's claims agree with its report and its nonce
     is one of ``expected_nonces`` (when given)."""
     given = _Given(
-        anchors, now, policy, endorsement, fetcher, revocation or snp_crl.RevocationChecks()
+        anchors,
+        now,
+        policy,
+        endorsement,
+        fetcher,
+        revocation or snp_crl.RevocationChecks(),
+        tuple(corim_keys),
     )
     try:
         token = eat.parse(raw)
@@ -166,7 +181,8 @@ def _appraise_vtpm(
     if attestation is None:
         return Verdict("", False, "not a vTPM attestation (go-tpm-tools attest.Attestation)")
     try:
-        pcr_policy = vtpm_policy.parse_pcr_values(given.policy)
+        json_policy = given.policy_for(SEV_SNP)
+        pcr_policy = vtpm_policy.parse_pcr_values(json_policy)
         quotes = vtpm_verify.verify_quotes(attestation)
         snp_raw = vtpm_verify.snp_evidence(attestation)
     except PolicyError as exc:
@@ -231,7 +247,8 @@ def _appraise_report(raw: bytes, given: _Given, expected_report_data: bytes | No
 
 
 def _snp(raw: bytes, given: _Given) -> tuple[Verified, list[CheckFailure]]:
-    config = snp_policy.parse_config(given.policy) if given.policy is not None else None
+    policy = given.policy_for(SEV_SNP)
+    config = snp_policy.parse_config(policy) if policy is not None else None
     product = None
     if config is not None:
         product = config.root_of_trust.product_line or None
@@ -272,7 +289,8 @@ def _snp_revocation(verified: snp_verify.VerifiedSnp, demanded: bool, given: _Gi
 
 
 def _tdx(raw: bytes, given: _Given) -> tuple[Verified, list[CheckFailure]]:
-    config = tdx_policy.parse_config(given.policy) if given.policy is not None else None
+    policy = given.policy_for(TDX)
+    config = tdx_policy.parse_config(policy) if policy is not None else None
     verified = tdx_verify.verify(
         raw, trusted_roots=list(given.anchors.tdx_roots), now=given.now, fetcher=given.fetcher
     )
