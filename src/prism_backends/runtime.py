@@ -24,7 +24,7 @@ from prism_backends.config import Settings
 from prism_backends.db.engine import make_engine, make_session_factory
 from prism_backends.pricing.core import PriceTable
 from prism_backends.pricing.table import packaged_table
-from prism_backends.providers.config import ProviderConfig
+from prism_backends.providers.config import ProviderConfig, load_configs
 from prism_backends.providers.registry import Catalog, load_catalog
 
 
@@ -129,6 +129,11 @@ class Runtime:
                 else None
             ),
             azure_jwks_url=settings.azure_attestation_jwks_url,
+            corim_keys={
+                name: config.corim_keys
+                for name, config in load_configs(settings.effective_providers_dir).items()
+                if config.corim_keys
+            },
         )
 
     def close(self) -> None:

@@ -236,3 +236,39 @@ def test_snp_vtpm_evidence_in_an_eat_gets_a_token_naming_the_pcrs(
     assert cvm["attestation_error"] == ""
     claims = jwt.decode(str(cvm["attestation_token"]), options={"verify_signature": False})
     assert claims["claims"]["vtpm"]["pcrs_checked"] == ["sha256:15"]
+
+
+@pytest.mark.parametrize("signed_by", ["configured", "other"])
+def test_a_signed_corim_policy_is_checked_with_the_providers_keys(
+    runtime: Runtime, api: Api, signed_by: str
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.attestation.test_corim import corimgen, signed
+
+    configured, other = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    providers = runtime.settings.data_dir / "providers"
+    providers.mkdir(exist_ok=True)
+    (providers / "corim.pem").write_bytes(
+        configured.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    (providers / "external.toml").write_text(
+        'name = "external"\n[attestation_policy]\ncorim_keys = ["corim.pem"]\n'
+    )
+    _trust_test_roots(runtime)
+    cvm_id = api.create("corim")
+    key = configured if signed_by == "configured" else other
+    _set_policy(runtime, cvm_id, signed(corimgen("snp", [MEASUREMENT], product="Milan"), key))
+    cert_pem = api.credential(cvm_id).client_cert
+    cvm = _send(runtime, api, cvm_id, _evidence(hashlib.sha512(cert_pem).digest()))
+    if signed_by == "configured":
+        assert cvm["attestation_error"] == "" and cvm["attestation_token"]
+    else:
+        assert cvm["attestation_token"] == ""
+        assert "signature does not verify" in str(cvm["attestation_error"])

@@ -102,3 +102,64 @@ def test_policy_not_available_is_409_saying_why(
     reply = client.get(f"/backends/dom-1/cvms/{cvm_id}/attestation_policy", headers=auth(token()))
     assert reply.status_code == 409
     assert reason in reply.json()["message"]
+
+
+MEASUREMENT_B64 = base64.b64encode(bytes(range(48))).decode()
+
+
+def _policy_as(
+    client: TestClient, token: TokenFactory, cvm_id: str, form: str
+) -> tuple[int, dict[str, object]]:
+    reply = client.get(
+        f"/backends/dom-1/cvms/{cvm_id}/attestation_policy?format={form}", headers=auth(token())
+    )
+    body: dict[str, object] = reply.json()
+    return reply.status_code, body
+
+
+def test_policy_converts_to_corim_and_back_to_json(
+    client: TestClient, runtime: Runtime, token: TokenFactory
+) -> None:
+    import json
+
+    from prism_backends.attestation import corim
+
+    policy = json.dumps(
+        {"policy": {"measurement": MEASUREMENT_B64, "policy": 196608},
+         "root_of_trust": {"product_line": "Milan"}}
+    ).encode()  # fmt: skip
+    cvm_id = insert_cvm(runtime.sessions, policy=policy)
+    status, body = _policy_as(client, token, cvm_id, "corim")
+    assert status == 200, body
+    as_corim = base64.b64decode(str(body["attestation_policy"]))
+    assert corim.is_corim(as_corim)
+    assert corim.parse(as_corim, "sev-snp").values["measurement"] == bytes(range(48))
+
+    corim_cvm = insert_cvm(runtime.sessions, policy=as_corim)
+    status, body = _policy_as(client, token, corim_cvm, "json")
+    assert status == 200, body
+    back = json.loads(base64.b64decode(str(body["attestation_policy"])))
+    assert back["policy"]["measurement"] == MEASUREMENT_B64
+    assert back["policy"]["policy"] == 196608
+
+
+@pytest.mark.parametrize(
+    ("policy", "named"),
+    [
+        (b'{"policy": {"measurement": "AAEC", "report_id_ma": "AA=="}}', "report_id_ma"),
+        (b'{"policy": {}, "pcr_values": {"sha256": {"15": "00"}}}', "pcr_values"),
+    ],
+)
+def test_policy_that_a_corim_cannot_express_is_400_naming_it(
+    client: TestClient, runtime: Runtime, token: TokenFactory, policy: bytes, named: str
+) -> None:
+    status, body = _policy_as(client, token, insert_cvm(runtime.sessions, policy=policy), "corim")
+    assert status == 400
+    assert named in str(body["message"]) and "format" in str(body["message"])
+
+
+def test_an_unknown_policy_format_is_400(
+    client: TestClient, runtime: Runtime, token: TokenFactory
+) -> None:
+    status, body = _policy_as(client, token, insert_cvm(runtime.sessions, policy=b"{}"), "yaml")
+    assert status == 400 and "format" in str(body["message"])

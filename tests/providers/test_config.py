@@ -395,3 +395,53 @@ def test_build_catalog_uses_given_configs() -> None:
     configs["external"] = ProviderConfig(name="external", enabled=False, driver="external")
 
     assert build_catalog(configs).enabled_names == []
+
+
+def test_corim_keys_load_from_pem_keys_and_certificates_and_bad_ones_are_named(
+    providers_dir: Path, write_provider: WriteProvider
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP384R1())
+    (providers_dir / "signer.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corim signer")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(other.public_key()).serial_number(7)
+        .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+        .sign(other, hashes.SHA384())
+    )  # fmt: skip
+    (providers_dir / "signer-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_provider(
+        "external.toml",
+        'name = "external"\n[attestation_policy]\ncorim_keys = ["signer.pem", "signer-cert.pem"]\n',
+    )
+    keys = load_configs(providers_dir)["external"].corim_keys
+    assert [k.public_numbers() for k in keys] == [
+        key.public_key().public_numbers(),
+        other.public_key().public_numbers(),
+    ]
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (providers_dir / "rsa.pem").write_bytes(
+        rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    for listed, named in (('["rsa.pem"]', "not an EC key"), ('["missing.pem"]', "missing.pem"),
+                          ('"signer.pem"', "must list")):  # fmt: skip
+        write_provider(
+            "external.toml", f'name = "external"\n[attestation_policy]\ncorim_keys = {listed}\n'
+        )
+        with pytest.raises(ProviderConfigError, match=named):
+            load_configs(providers_dir)

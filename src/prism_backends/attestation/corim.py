@@ -74,8 +74,18 @@ class Reference:
     signed: bool = False
 
 
+def parse_unverified(document: bytes, platform: str) -> Reference:
+    """What a CoRIM says, signed or not, without judging its signature (for
+    showing or converting it, never for appraising)."""
+    return parse(document, platform, verify_signature=False)
+
+
 def parse(
-    document: bytes, platform: str, keys: Sequence[ec.EllipticCurvePublicKey] = ()
+    document: bytes,
+    platform: str,
+    keys: Sequence[ec.EllipticCurvePublicKey] = (),
+    *,
+    verify_signature: bool = True,
 ) -> Reference:
     """The reference values for ``platform`` (``sev-snp`` or ``tdx``). A signed
     CoRIM must verify with one of ``keys``; PolicyError otherwise, naming why."""
@@ -85,7 +95,7 @@ def parse(
         raise PolicyError(f"the CoRIM is not valid CBOR: {exc}") from None
     signed = isinstance(outer, cbor2.CBORTag) and outer.tag == TAG_SIGN1
     if signed:
-        outer = _verified_payload(outer.value, keys)
+        outer = _verified_payload(outer.value, keys, verify_signature)
     if not (isinstance(outer, cbor2.CBORTag) and outer.tag == TAG_UNSIGNED):
         raise PolicyError("not a CoRIM: expected tag 501 (or 18 around it)")
     corim = outer.value
@@ -100,10 +110,14 @@ def parse(
     return Reference(platform=platform, values=values, signed=signed)
 
 
-def _verified_payload(message: Any, keys: Sequence[ec.EllipticCurvePublicKey]) -> Any:
+def _verified_payload(
+    message: Any, keys: Sequence[ec.EllipticCurvePublicKey], verify_signature: bool
+) -> Any:
     if not (isinstance(message, list | tuple) and len(message) == 4):
         raise PolicyError("the signed CoRIM is not a COSE_Sign1")
     protected, _unprotected, payload, signature = message
+    if not verify_signature and isinstance(payload, bytes):
+        return cbor2.loads(payload)
     if not keys:
         raise PolicyError("the CoRIM is signed and no CoRIM keys are configured to verify it")
     headers = cbor2.loads(protected) if protected else {}
@@ -246,6 +260,9 @@ def from_policy_json(document: bytes, platform: str) -> bytes:
     root = parsed.get("root_of_trust") or {}
     unsupported += sorted(
         f"root_of_trust.{k}" for k, v in root.items() if k != "product_line" and v
+    )
+    unsupported += sorted(
+        k for k, v in parsed.items() if k not in ("policy", "root_of_trust") and v
     )
     if unsupported:
         raise PolicyError(f"a CoRIM cannot express: {', '.join(unsupported)}")

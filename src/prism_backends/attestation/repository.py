@@ -19,17 +19,20 @@ class EvidenceContext:
     domain_id: str
     policy: bytes | None
     cert_pem: str
+    provider: str = ""
 
 
 def evidence_context(session: Session, cvm_id: str) -> EvidenceContext | None:
     row = session.execute(
-        select(CVM.domain_id, CVM.attestation_policy, AgentCredential.cert_pem)
+        select(CVM.domain_id, CVM.attestation_policy, AgentCredential.cert_pem, CVM.provider)
         .join(AgentCredential, AgentCredential.cvm_id == CVM.id)
         .where(CVM.id == cvm_id, CVM.deleted_at.is_(None))
     ).first()
     if row is None:
         return None
-    return EvidenceContext(cvm_id=cvm_id, domain_id=row[0], policy=row[1], cert_pem=row[2])
+    return EvidenceContext(
+        cvm_id=cvm_id, domain_id=row[0], policy=row[1], cert_pem=row[2], provider=row[3]
+    )
 
 
 def record_accepted(

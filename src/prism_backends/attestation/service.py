@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.agents import repository as agents_repository
@@ -51,6 +53,7 @@ class Appraiser:
         fetcher: Fetcher | None = None,
         azure_jwks: dict[str, Any] | None = None,
         azure_jwks_url: str | None = None,
+        corim_keys: Mapping[str, tuple[ec.EllipticCurvePublicKey, ...]] | None = None,
     ) -> None:
         self._sessions = sessions
         self._anchors = anchors
@@ -59,6 +62,7 @@ class Appraiser:
         self._fetcher = fetcher
         self._azure_keys = jwks_keys(azure_jwks) if azure_jwks else {}
         self._azure_jwks = RemoteJwks(azure_jwks_url) if azure_jwks_url else None
+        self._corim_keys = dict(corim_keys or {})  # provider -> keys for signed CoRIMs
         # One cache for the process: AMD's CRLs are kept until their next update.
         self._revocation = RevocationChecks(
             always=settings.crl != "policy",
@@ -88,6 +92,7 @@ class Appraiser:
             ),
             fetcher=self._fetcher,
             revocation=self._revocation,
+            corim_keys=self._corim_keys.get(context.provider, ()),
         )
         if verdict.verified and context.policy is None and not pinning:
             verdict = Verdict(

@@ -221,10 +221,18 @@ def view_attestation_policy(
     domain_id: Annotated[str, Path(alias="domainID")],
     cvm_id: Annotated[str, Path(alias="id")],
     domain_query: DomainQuery = None,
+    policy_format: Annotated[
+        str | None,
+        Query(
+            alias="format",
+            description="Omitted: the policy as stored. 'corim' or 'json': converted where "
+            "every check can be expressed (400 naming what cannot).",
+        ),
+    ] = None,
 ) -> AttestationPolicyOut:
     service.check_domain(domain_id, domain_query)
     with unit_of_work(runtime.sessions) as session:
         policy = service.get_attestation_policy(
-            principal, session, domain_id=domain_id, cvm_id=cvm_id
+            principal, session, domain_id=domain_id, cvm_id=cvm_id, policy_format=policy_format
         )
     return AttestationPolicyOut(attestation_policy=policy)

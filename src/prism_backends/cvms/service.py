@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 
 from prism_backends.agents import repository as agents_repository
 from prism_backends.agents.service import CredentialIssuer
+from prism_backends.attestation import corim
+from prism_backends.attestation.common import PolicyError
 from prism_backends.auth.permissions import Permission
 from prism_backends.auth.principal import Principal
 from prism_backends.cvms import repository
@@ -349,13 +351,34 @@ def get_statistics(
 
 
 def get_attestation_policy(
-    principal: Principal, session: Session, *, domain_id: str, cvm_id: str
+    principal: Principal,
+    session: Session,
+    *,
+    domain_id: str,
+    cvm_id: str,
+    policy_format: str | None = None,
 ) -> str:
+    """The stored policy, base64; with ``policy_format``, converted to a CoRIM
+    or to go-sev-guest / go-tdx-guest JSON."""
+    if policy_format not in (None, "corim", "json"):
+        raise BadRequest("must be corim or json", field="format")
     principal.require(domain_id, Permission.READ)
     cvm = _live_or_404(session, domain_id, cvm_id)
     if cvm.attestation_policy is None:
         raise Conflict(_why_no_policy(cvm))
-    return base64.b64encode(cvm.attestation_policy).decode()
+    policy = cvm.attestation_policy
+    try:
+        if policy_format == "json" and corim.is_corim(policy):
+            # The signature was checked when the policy was appraised against; a
+            # client converting asks what it says, not whether to trust it.
+            policy = corim.to_policy_json(corim.parse_unverified(policy, cvm.cc_platform))
+        elif policy_format == "corim" and not corim.is_corim(policy):
+            policy = corim.from_policy_json(policy, cvm.cc_platform)
+    except PolicyError as exc:
+        raise BadRequest(
+            f"the policy cannot be given as {policy_format}: {exc}", field="format"
+        ) from exc
+    return base64.b64encode(policy).decode()
 
 
 def _why_no_policy(cvm: CVM) -> str:

@@ -14,6 +14,7 @@ sev-snp = 0.0
 tdx = 0.0
 [attestation_policy]          # optional: reference policy files per platform
 sev-snp = "/etc/prism/snp-policy.json"
+corim_keys = ["/etc/prism/corim-signer.pem"]  # keys signed CoRIM policies must verify with
 ```
 """
 
@@ -25,6 +26,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from prism_backends.vocabulary import PROVIDER_NAMES, Platform, parse_platform
 
@@ -41,6 +46,8 @@ class ProviderConfig:
     settings: Mapping[str, Any] = field(default_factory=dict)
     price_per_vcpu_hour: Mapping[Platform, Decimal] = field(default_factory=dict)
     attestation_policies: Mapping[Platform, bytes] = field(default_factory=dict)
+    # Public keys a signed CoRIM policy of this provider must verify with.
+    corim_keys: tuple[ec.EllipticCurvePublicKey, ...] = ()
     source: str = "built-in default"
     # Identifies this deployment at a shared provider (the agents CA's key id),
     # so a leak sweep removes only machines this deployment made. Set by the catalog.
@@ -120,6 +127,7 @@ def parse_document(document: Mapping[str, Any], *, source: str, base_dir: Path) 
         attestation_policies=_read_policies(
             document.get("attestation_policy", {}), source, base_dir
         ),
+        corim_keys=_read_corim_keys(document.get("attestation_policy", {}), source, base_dir),
         source=source,
     )
 
@@ -142,11 +150,42 @@ def _parse_prices(table: Any, source: str) -> dict[Platform, Decimal]:
     return prices
 
 
+def _read_corim_keys(
+    table: Any, source: str, base_dir: Path
+) -> tuple[ec.EllipticCurvePublicKey, ...]:
+    """``corim_keys = ["key.pem", ...]``: EC public keys or certificates, PEM."""
+    paths = table.get("corim_keys", []) if isinstance(table, dict) else []
+    where = f"{source}: [attestation_policy] corim_keys"
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise ProviderConfigError(f"{where} must list PEM file paths")
+    keys = []
+    for raw in paths:
+        path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ProviderConfigError(f"{where}: {exc}") from exc
+        try:
+            key: Any = (
+                x509.load_pem_x509_certificate(data).public_key()
+                if b"CERTIFICATE" in data
+                else serialization.load_pem_public_key(data)
+            )
+        except ValueError as exc:
+            raise ProviderConfigError(f"{where}: {path} is not a PEM key or certificate") from exc
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ProviderConfigError(f"{where}: {path} is not an EC key (CoRIMs are ES256/384)")
+        keys.append(key)
+    return tuple(keys)
+
+
 def _read_policies(table: Any, source: str, base_dir: Path) -> dict[Platform, bytes]:
     if not isinstance(table, dict):
         raise ProviderConfigError(f"{source}: [attestation_policy] must be a table")
     policies: dict[Platform, bytes] = {}
     for key, value in table.items():
+        if key == "corim_keys":
+            continue
         if not isinstance(value, str):
             raise ProviderConfigError(f"{source}: [attestation_policy] {key} must be a file path")
         path = Path(value) if Path(value).is_absolute() else base_dir / value
