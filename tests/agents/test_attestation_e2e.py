@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
+from typing import Any
 
 import jwt
 import pytest
@@ -272,3 +273,38 @@ def test_a_signed_corim_policy_is_checked_with_the_providers_keys(
     else:
         assert cvm["attestation_token"] == ""
         assert "signature does not verify" in str(cvm["attestation_error"])
+
+
+@pytest.mark.parametrize(
+    ("wrong", "named"),
+    [
+        ({"report_byte_flipped": True}, "signature"),
+        ({"report_binds_another_key": True}, "binds the attestation key"),
+        ({"quote_signed_by_another_key": True}, "TPM quote's signature"),
+        ({"pcr": True}, "pcr_values.sha256.15"),
+    ],
+)
+def test_broken_snp_vtpm_evidence_is_refused_naming_the_check(
+    runtime: Runtime, api: Api, wrong: dict[str, Any], named: str
+) -> None:
+    _trust_test_roots(runtime)
+    cvm_id = api.create("vtpm-broken")
+    pinned = {**json.loads(_policy(MEASUREMENT)), "pcr_values": {"sha256": {"15": "00" * 32}}}
+    _set_policy(
+        runtime,
+        cvm_id,
+        json.dumps(
+            pinned if wrong.pop("pcr", False) else json.loads(_policy(MEASUREMENT))
+        ).encode(),
+    )
+    cert_pem = api.credential(cvm_id).client_cert
+    vcek = signer.hierarchy(abi.MILAN).endorsement(tcb=signer.MILAN_TCB, chip_id=signer.CHIP_ID)
+    raw = VtpmEvidence(
+        tee_nonce=hashlib.sha512(cert_pem).digest(),
+        nonce=hashlib.sha256(cert_pem).digest(),
+        spec=signer.ReportSpec(measurement=MEASUREMENT),
+        **wrong,
+    ).build(vcek)
+    cvm = _send(runtime, api, cvm_id, raw)
+    assert cvm["attestation_token"] == ""
+    assert named in str(cvm["attestation_error"])
