@@ -287,6 +287,7 @@ def test_a_signed_corim_policy_is_checked_with_the_providers_keys(
 def test_broken_snp_vtpm_evidence_is_refused_naming_the_check(
     runtime: Runtime, api: Api, wrong: dict[str, Any], named: str
 ) -> None:
+    wrong = dict(wrong)  # the parameters are shared by the store variants
     _trust_test_roots(runtime)
     cvm_id = api.create("vtpm-broken")
     pinned = {**json.loads(_policy(MEASUREMENT)), "pcr_values": {"sha256": {"15": "00" * 32}}}
