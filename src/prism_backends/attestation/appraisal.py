@@ -17,6 +17,7 @@ from prism_backends.attestation import corim, eat
 from prism_backends.attestation.common import (
     AttestationError,
     CheckFailure,
+    CollateralUnavailable,
     Fetcher,
     PolicyError,
     Verified,
@@ -295,4 +296,25 @@ def _tdx(raw: bytes, given: _Given) -> tuple[Verified, list[CheckFailure]]:
         raw, trusted_roots=list(given.anchors.tdx_roots), now=given.now, fetcher=given.fetcher
     )
     failures = tdx_validate.validate(verified.quote, config.policy) if config is not None else []
-    return verified.verified, failures
+    demanded = config is not None and (
+        config.root_of_trust.check_crl or config.root_of_trust.get_collateral
+    )
+    crl_state = _tdx_revocation(verified, demanded, given)
+    summary = replace(verified.verified, claims={**verified.verified.claims, "crl": crl_state})
+    return summary, failures
+
+
+def _tdx_revocation(verified: tdx_verify.VerifiedTdx, demanded: bool, given: _Given) -> str:
+    """TDX collateral carries the PCK and root CA CRLs, applied by the TDX core
+    whenever it could be had. Without it: refused when the policy demands the
+    check (``check_crl``/``get_collateral``) or the deployment is closed, noted
+    when open."""
+    if verified.tcb is not None:
+        return "good"
+    checks = given.revocation
+    if not (demanded or checks.always):
+        return "not checked"
+    why = "no TDX collateral (with the PCK and root CA CRLs) could be had: fetching is off"
+    if demanded or checks.when_unavailable == "closed":
+        raise CollateralUnavailable(why)
+    return f"unavailable: {why}"
