@@ -118,6 +118,11 @@ class Settings(LayeredSettings):
         "127.0.0.1", description="Address the agents' gRPC endpoint listens on."
     )
     agents_port: int = Field(7018, ge=1, le=65535, description="Port of the agents' gRPC endpoint.")
+    agents_share_port: bool = Field(
+        False,
+        description="Let several agents endpoints on this host share agents_port "
+        "(SO_REUSEPORT; they must then share one agents CA). Off: a second one fails at start.",
+    )
     agents_public_address: str | None = Field(
         None,
         description="host:port agents dial, put in their configuration. "

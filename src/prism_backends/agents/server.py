@@ -190,6 +190,10 @@ def _when(message: cvms_pb2.AgentLog | cvms_pb2.AgentEvent) -> datetime | None:
     return message.timestamp.ToDatetime(tzinfo=UTC)
 
 
+class PortInUse(OSError):
+    """The agents port cannot be bound."""
+
+
 class AgentsEndpoint:
     """The gRPC server and its hub, started and stopped together."""
 
@@ -226,12 +230,20 @@ class AgentsEndpoint:
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # gRPC shares ports by default: a second endpoint with another CA
+                # would take half the handshakes. Exclusive unless asked for.
+                ("grpc.so_reuseport", 1 if settings.agents_share_port else 0),
             ]
         )
         cvms_pb2_grpc.add_ServiceServicer_to_server(AgentService(self.hub, self._sessions), server)
-        self.port = server.add_secure_port(
-            f"{settings.agents_host}:{settings.agents_port}", credentials
-        )
+        address = f"{settings.agents_host}:{settings.agents_port}"
+        try:
+            self.port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise PortInUse(
+                f"the agents endpoint cannot listen on {address}: it is in use (another "
+                "agents or serve process?) or not an address of this host"
+            ) from exc
         await server.start()
         self._server = server
         self.hub.start()

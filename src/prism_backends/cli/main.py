@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from prism_backends.agent import config as agent_config
 from prism_backends.agent.client import Agent
 from prism_backends.agents.runner import AgentsThread, serve_forever
+from prism_backends.agents.server import PortInUse
 from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.permissions import Role
 from prism_backends.auth.tokens import issue_token
@@ -309,6 +310,9 @@ def agents(
         sampler.start()
         try:
             asyncio.run(serve_forever(runtime))
+        except PortInUse as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
         finally:
             sampler.stop()
     finally:
