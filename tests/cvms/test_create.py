@@ -212,3 +212,25 @@ def test_trailing_slash_is_not_redirected(client: TestClient, token: TokenFactor
     assert reply.json()["error"] == "not_found"
     listed = client.get("/backends/dom-1/cvms/", headers=auth(token()), follow_redirects=False)
     assert listed.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "agent_url",
+    ["10.0.0.5:7002", "agent.example.com:7002", "[::1]:7002", "grpcs://agent.example.com:7002",
+     "grpc://10.0.0.5:7002", "https://agent.example.com"],
+)  # fmt: skip
+def test_agent_addresses_are_accepted(create: CreateFn, agent_url: str) -> None:
+    reply = create(body={"name": "addr", "agent_url": agent_url})
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["agent_url"] == agent_url
+
+
+@pytest.mark.parametrize(
+    "agent_url",
+    ["javascript:alert(1)", "file:///etc/passwd", "http://agent.example.com", "data:,x",
+     "agent.example.com", "agent.example.com:99999", "grpc://", "https://:7002", "a b:7002"],
+)  # fmt: skip
+def test_what_cannot_be_an_agent_address_is_400(create: CreateFn, agent_url: str) -> None:
+    reply = create(body={"name": "addr", "agent_url": agent_url})
+    assert reply.status_code == 400
+    assert reply.json()["message"].startswith("agent_url:"), reply.json()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,6 +25,26 @@ def rfc3339(moment: datetime | None) -> str:
 
 def _fraction(moment: datetime) -> str:
     return f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
+
+
+_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+AGENT_SCHEMES = ("grpc", "grpcs", "https")
+
+
+def agent_address(value: str) -> bool:
+    """What an agent can be reached at: ``host:port``, or a gRPC or HTTPS URL
+    with a host (never ``javascript:``, ``file:`` and the like)."""
+    match = _HOST_PORT.fullmatch(value)
+    if match:
+        return 0 < int(match.group(1)) <= 65535
+    parsed = urlsplit(value)
+    if parsed.scheme.lower() not in AGENT_SCHEMES or not parsed.hostname:
+        return False
+    try:
+        port = parsed.port
+    except ValueError:
+        return False
+    return port is None or 0 < port <= 65535
 
 
 class CreateCVMRequest(BaseModel):
@@ -46,9 +68,14 @@ class CreateCVMRequest(BaseModel):
 
     @field_validator("agent_url")
     @classmethod
-    def _printable_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.isprintable():
-            raise ValueError("must not contain control characters")
+    def _agent_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.isprintable() or " " in value:
+            raise ValueError("must not contain spaces or control characters")
+        if not agent_address(value):
+            raise ValueError("must be host:port or a grpc://, grpcs:// or https:// URL with a host")
         return value
 
 
