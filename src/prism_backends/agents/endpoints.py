@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from prism_backends.agents import service
 from prism_backends.agents.schemas import AgentConfigOut, EventOut, EventPage
@@ -25,6 +25,7 @@ router = APIRouter(tags=["agents"])
 def view_agent_config(
     runtime: RuntimeDep,
     principal: PrincipalDep,
+    response: Response,
     domain_id: Annotated[str, Path(alias="domainID")],
     cvm_id: Annotated[str, Path(alias="id")],
     domain_query: DomainQuery = None,
@@ -40,6 +41,8 @@ def view_agent_config(
             cvm_id=cvm_id,
             agents_address=runtime.settings.effective_agents_address,
         )
+    # It holds the agent's private key: no cache, shared or private, may keep it.
+    response.headers["Cache-Control"] = "no-store"
     return AgentConfigOut(**config.__dict__)
 
 

@@ -33,6 +33,7 @@ from prism_backends.cli.options import (
 )
 from prism_backends.config import Settings
 from prism_backends.db import migrate as migrations
+from prism_backends.http import access_log
 from prism_backends.http.app import create_app
 from prism_backends.lifecycle.worker import LifecycleWorkers
 from prism_backends.manager.local import LocalManager
@@ -119,6 +120,7 @@ def _serve_http(runtime: Runtime) -> None:
         log_level=settings.log_level.lower(),
         server_header=False,
     )
+    access_log.install()
     log.info("HTTP API on http://%s:%d%s", settings.host, settings.port, settings.base_path)
     # uvicorn raises the signal that stopped it again once it is done: let that
     # reach a no-op, so that this process's own shutdown (the workers, a local
