@@ -87,7 +87,18 @@ class Settings(LayeredSettings):
     jwt_issuer: str = Field(
         "prism-backends", description="Expected 'iss' of tokens (and the embedded issuer's)."
     )
-    jwt_audience: str | None = Field(None, description="Expected 'aud' of tokens, if any.")
+    jwt_audience: str = Field(
+        "prism-backends",
+        min_length=1,
+        description="The 'aud' tokens must carry (tokens for other services are refused).",
+    )
+    token_max_days: int = Field(
+        90,
+        ge=1,
+        le=3650,
+        description="The longest a token may live: 'token issue --ttl' and a token's exp "
+        "beyond it are refused.",
+    )
     embedded_issuer: bool = Field(
         True, description="Trust tokens signed by the key in DATA_DIR (token issue)."
     )

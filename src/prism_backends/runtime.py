@@ -76,6 +76,7 @@ class Runtime:
             algorithms=settings.jwt_algorithms,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
+            max_lifetime=timedelta(days=settings.token_max_days),
             local_keys=local_keys,
             jwks=load_jwks_file(settings.jwks_file) if settings.jwks_file else None,
             jwks_url=settings.jwks_url,

@@ -20,7 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prism_backends.auth.keys import load_or_create_issuer_key, public_jwk
 from prism_backends.auth.permissions import Permission, Role
-from prism_backends.auth.tokens import TokenVerifier, issue_token, load_jwks_file
+from prism_backends.auth.tokens import (
+    DEFAULT_AUDIENCE,
+    TokenVerifier,
+    issue_token,
+    load_jwks_file,
+)
 from prism_backends.errors import Unauthenticated
 
 ISSUER = "prism-backends"
@@ -34,7 +39,7 @@ def key() -> Ed25519PrivateKey:
 def _verifier(
     *keys: Ed25519PrivateKey,
     algorithms: Sequence[str] = ("EdDSA",),
-    audience: str | None = None,
+    audience: str = DEFAULT_AUDIENCE,
     jwks: dict[str, Any] | None = None,
 ) -> TokenVerifier:
     return TokenVerifier(
@@ -51,7 +56,7 @@ def _issue(
     domain: str = "dom-1",
     role: Role = Role.ADMIN,
     ttl: timedelta = timedelta(hours=1),
-    audience: str | None = None,
+    audience: str = DEFAULT_AUDIENCE,
 ) -> str:
     return issue_token(
         key,
@@ -66,7 +71,9 @@ def _issue(
 
 def _claims(**extra: Any) -> dict[str, Any]:
     now = int(time.time())
-    claims: dict[str, Any] = {"iss": ISSUER, "sub": "alice", "iat": now, "exp": now + 3600}
+    claims: dict[str, Any] = {
+        "iss": ISSUER, "sub": "alice", "iat": now, "exp": now + 3600, "aud": DEFAULT_AUDIENCE,
+    }  # fmt: skip
     claims.update(extra)
     return {name: value for name, value in claims.items() if value is not None}
 
@@ -168,8 +175,44 @@ def test_expired_token_is_refused(key: Ed25519PrivateKey) -> None:
 
 
 def test_token_expired_within_the_leeway_is_still_accepted(key: Ed25519PrivateKey) -> None:
-    token = _sign(_claims(exp=int(time.time()) - 5), key)
+    token = _sign(_claims(exp=int(time.time()) - 2), key)
     assert _verifier(key).verify(token).subject == "alice"
+
+
+def test_the_leeway_is_small(key: Ed25519PrivateKey) -> None:
+    with pytest.raises(Unauthenticated, match="expired"):
+        _verifier(key).verify(_sign(_claims(exp=int(time.time()) - 10), key))
+
+
+def test_a_token_for_another_service_or_for_none_is_refused(key: Ed25519PrivateKey) -> None:
+    with pytest.raises(Unauthenticated, match="another service"):
+        _verifier(key).verify(_sign(_claims(aud="billing"), key))
+    with pytest.raises(Unauthenticated, match="aud"):
+        _verifier(key).verify(_sign(_claims(aud=None), key))
+    with pytest.raises(ValueError, match="audience"):
+        TokenVerifier(algorithms=["EdDSA"], issuer=ISSUER, audience="")
+
+
+@pytest.mark.parametrize(
+    "exp",
+    [str(int(time.time()) + 600), float(int(time.time()) + 600), 1e30, 10**30, True],
+    ids=["string", "float", "1e30", "huge-int", "bool"],
+)
+def test_an_exp_that_is_not_a_plausible_integer_is_refused(
+    key: Ed25519PrivateKey, exp: object
+) -> None:
+    with pytest.raises(Unauthenticated, match="exp"):
+        _verifier(key).verify(_sign(_claims(exp=exp), key))
+
+
+def test_an_exp_beyond_the_longest_lifetime_is_refused(key: Ed25519PrivateKey) -> None:
+    verifier = TokenVerifier(
+        algorithms=["EdDSA"], issuer=ISSUER, local_keys=[key.public_key()],
+        max_lifetime=timedelta(days=1),
+    )  # fmt: skip
+    assert verifier.verify(_sign(_claims(exp=int(time.time()) + 3600), key))
+    with pytest.raises(Unauthenticated, match="further away"):
+        verifier.verify(_sign(_claims(exp=int(time.time()) + 2 * 86400), key))
 
 
 def test_token_without_exp_is_refused(key: Ed25519PrivateKey) -> None:
@@ -253,7 +296,7 @@ def test_unsigned_token_is_refused(key: Ed25519PrivateKey, alg: str) -> None:
 @pytest.mark.parametrize("algorithms", [["none"], ["EdDSA", "none"], []])
 def test_verifier_refuses_to_be_configured_without_a_signature(algorithms: list[str]) -> None:
     with pytest.raises(ValueError, match="none"):
-        TokenVerifier(algorithms=algorithms, issuer=ISSUER, audience=None)
+        TokenVerifier(algorithms=algorithms, issuer=ISSUER)
 
 
 def _public_key_secrets(key: Ed25519PrivateKey) -> list[bytes]:
@@ -347,9 +390,7 @@ def test_rsa_keys_from_a_jwks_file_are_trusted_when_rs256_is_pinned(tmp_path: Pa
         _claims(domains={"dom-1": "member"}), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"}
     )
 
-    verifier = TokenVerifier(
-        algorithms=["RS256"], issuer=ISSUER, audience=None, jwks=load_jwks_file(path)
-    )
+    verifier = TokenVerifier(algorithms=["RS256"], issuer=ISSUER, jwks=load_jwks_file(path))
 
     assert verifier.verify(token).roles_by_domain == {"dom-1": Role.MEMBER}
 

@@ -166,7 +166,7 @@ def verify(token: str, data_dir: Path) -> dict[str, object]:
     """The token's claims, checked against the public half of the data dir's key."""
     public = load_issuer_key(data_dir / KEY_FILE).public_key()
     claims: dict[str, object] = jwt.decode(
-        token, public, algorithms=["EdDSA"], issuer="prism-backends"
+        token, public, algorithms=["EdDSA"], issuer="prism-backends", audience="prism-backends"
     )
     return claims
 
@@ -719,3 +719,16 @@ def test_process_migrate_creates_the_store_at_head(tmp_path: Path, data_dir: Pat
     assert {"cvms", "cvm_uptime_days", "agent_credentials"} <= sqlite_tables(database)
     assert f"store is at schema {HEAD}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_token_issue_refuses_a_lifetime_beyond_the_cap(runner: CliRunner, data_dir: Path) -> None:
+    result = invoke(
+        runner, "token", "issue", "--domain", "d", "--ttl", "1000000d", "--data-dir", str(data_dir)
+    )
+    assert_usage_error(result, "--ttl", "at most 90d")
+    assert (
+        invoke(
+            runner, "token", "issue", "--domain", "d", "--ttl", "90d", "--data-dir", str(data_dir)
+        ).exit_code
+        == 0
+    )

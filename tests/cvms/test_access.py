@@ -56,6 +56,7 @@ def _bad_tokens(data_dir: Path, token: TokenFactory) -> dict[str, str]:
         "domain": "dom-1",
         "role": "admin",
         "exp": int(time.time()) + 600,
+        "aud": "prism-backends",
         "iss": "prism-backends",
     }
     stranger = Ed25519PrivateKey.generate()
@@ -146,6 +147,7 @@ def test_domains_claim_grants_several_domains(runtime: Runtime, data_dir: Path) 
         "sub": "u",
         "iss": "prism-backends",
         "exp": int(time.time()) + 60,
+        "aud": "prism-backends",
         "domains": {"dom-a": "admin", "dom-b": "member"},
     }
     value = jwt.encode(
@@ -179,6 +181,7 @@ def test_external_issuer_trusted_through_a_jwks_file(
         "sub": "u",
         "iss": "supermq.auth",
         "exp": int(time.time()) + 60,
+        "aud": "prism-backends",
         "domain": "dom-1",
         "role": "member",
     }

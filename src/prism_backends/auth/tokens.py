@@ -24,6 +24,10 @@ from prism_backends.auth.permissions import Role
 from prism_backends.auth.principal import Principal
 from prism_backends.errors import Unauthenticated
 
+DEFAULT_AUDIENCE = "prism-backends"
+DEFAULT_MAX_LIFETIME = timedelta(days=90)
+LEEWAY_SECONDS = 5  # clocks drift a little; tokens may not outlive their exp by more
+
 
 def issue_token(
     key: Ed25519PrivateKey,
@@ -33,7 +37,7 @@ def issue_token(
     role: Role,
     subject: str,
     ttl: timedelta,
-    audience: str | None = None,
+    audience: str = DEFAULT_AUDIENCE,
 ) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {
@@ -45,9 +49,8 @@ def issue_token(
         "jti": str(uuid.uuid4()),
         "domain": domain_id,
         "role": role.value,
+        "aud": audience,
     }
-    if audience:
-        claims["aud"] = audience
     kid = public_jwk(key.public_key())["kid"]
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
 
@@ -70,7 +73,8 @@ class TokenVerifier:
         *,
         algorithms: Sequence[str],
         issuer: str | None,
-        audience: str | None,
+        audience: str = DEFAULT_AUDIENCE,
+        max_lifetime: timedelta = DEFAULT_MAX_LIFETIME,
         local_keys: Sequence[Ed25519PublicKey] = (),
         jwks: Mapping[str, Any] | None = None,
         jwks_url: str | None = None,
@@ -78,8 +82,11 @@ class TokenVerifier:
         if not algorithms or any(alg.lower() == "none" for alg in algorithms):
             raise ValueError("at least one signature algorithm must be pinned, and never 'none'")
         self._algorithms = frozenset(algorithms)
+        if not audience:
+            raise ValueError("an audience is required: tokens for other services are refused")
         self._issuer = issuer
         self._audience = audience
+        self._max_lifetime = max_lifetime
         self._keys: dict[str | None, _TrustedKey] = {}
         for key in local_keys:
             self._keys[public_jwk(key)["kid"]] = _TrustedKey(key, "EdDSA")
@@ -100,14 +107,30 @@ class TokenVerifier:
                 algorithms=[trusted.algorithm],
                 issuer=self._issuer,
                 audience=self._audience,
-                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
-                leeway=30,
+                options={"require": ["exp", "sub", "aud"]},
+                leeway=LEEWAY_SECONDS,
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("the token has expired") from exc
-        except (jwt.PyJWTError, TypeError, ValueError) as exc:
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthenticated(
+                f"the token is for another service (its 'aud' is not {self._audience!r})"
+            ) from exc
+        except (jwt.PyJWTError, TypeError, ValueError, OverflowError) as exc:
             raise Unauthenticated(f"the token is not valid: {exc}") from exc
+        self._check_expiry(claims["exp"])
         return _principal_from(claims)
+
+    def _check_expiry(self, exp: Any) -> None:
+        """PyJWT reads ``exp`` through int(): a string or 1e30 passes there."""
+        if type(exp) is not int:
+            raise Unauthenticated("the token's 'exp' must be an integer (seconds since 1970)")
+        latest = time.time() + self._max_lifetime.total_seconds() + LEEWAY_SECONDS
+        if exp > latest:
+            raise Unauthenticated(
+                "the token's 'exp' is further away than tokens may live "
+                f"({self._max_lifetime.days} days)"
+            )
 
     def _signing_key(self, token: str) -> _TrustedKey:
         try:

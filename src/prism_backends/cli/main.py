@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -397,6 +398,11 @@ def token_issue(
     if not DOMAIN_ID_PATTERN.fullmatch(domain):
         raise typer.BadParameter("1-64 characters of A-Z a-z 0-9 . _ -", param_hint="--domain")
     settings = settings_from(config, data_dir=data_dir)
+    lifetime = parse_duration(ttl)
+    if lifetime > timedelta(days=settings.token_max_days):
+        raise typer.BadParameter(
+            f"at most {settings.token_max_days}d (token_max_days)", param_hint="--ttl"
+        )
     key = load_or_create_issuer_key(settings.data_dir)
     typer.echo(
         issue_token(
@@ -405,7 +411,7 @@ def token_issue(
             domain_id=domain,
             role=role,
             subject=user,
-            ttl=parse_duration(ttl),
+            ttl=lifetime,
             audience=settings.jwt_audience,
         )
     )
