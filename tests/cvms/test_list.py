@@ -124,3 +124,20 @@ def test_filters_combine(client: TestClient, runtime: Runtime, token: TokenFacto
     insert_cvm(runtime.sessions, name="db-intel", platform="tdx", status=Status.RUNNING)
     page = _list(client, token, "?name=web&cc_platform=tdx&status=running&days=1")
     assert (_names(page), page["total"]) == (["web-intel"], 1)
+
+
+@pytest.mark.parametrize("name", ["x" * 20_000, "%" * 20_000, "x" * 256])
+def test_a_name_filter_longer_than_any_name_is_400(
+    client: TestClient, token: TokenFactory, name: str
+) -> None:
+    reply = client.get("/backends/dom-1/cvms", params={"name": name}, headers=auth(token()))
+    assert reply.status_code == 400
+    assert reply.json()["message"].startswith("name:")
+
+
+def test_wildcards_in_a_name_filter_match_themselves(
+    client: TestClient, token: TokenFactory
+) -> None:
+    reply = client.get("/backends/dom-1/cvms", params={"name": "%" * 255}, headers=auth(token()))
+    assert reply.status_code == 200
+    assert reply.json()["total"] == 0

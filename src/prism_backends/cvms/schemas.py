@@ -14,6 +14,7 @@ from prism_backends.pricing.core import format_usd
 from prism_backends.vocabulary import LogLevel
 
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+MAX_NAME_LENGTH = 255
 
 
 def rfc3339(moment: datetime | None) -> str:
@@ -60,8 +61,8 @@ class CreateCVMRequest(BaseModel):
     @classmethod
     def _trimmed_name(cls, value: str) -> str:
         value = value.strip()
-        if not 1 <= len(value) <= 255:
-            raise ValueError("must be 1-255 characters after trimming")
+        if not 1 <= len(value) <= MAX_NAME_LENGTH:
+            raise ValueError(f"must be 1-{MAX_NAME_LENGTH} characters after trimming")
         if not value.isprintable():
             raise ValueError("must not contain control characters")
         return value

@@ -24,7 +24,7 @@ from prism_backends.auth.principal import Principal
 from prism_backends.cvms import repository
 from prism_backends.cvms.models import CVM
 from prism_backends.cvms.paging import bounded_int, parse_page
-from prism_backends.cvms.schemas import CreateCVMRequest
+from prism_backends.cvms.schemas import MAX_NAME_LENGTH, CreateCVMRequest
 from prism_backends.db.base import utcnow
 from prism_backends.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
 from prism_backends.pricing.core import PriceTable
@@ -249,6 +249,9 @@ def list_cvms(
     page_limit, page_offset = parse_page(limit, offset)
     if name is not None and not name.isprintable():
         raise BadRequest("must not contain control characters", field="name")
+    if name is not None and len(name) > MAX_NAME_LENGTH:
+        # No CVM's name is longer; a longer pattern only costs the store work.
+        raise BadRequest(f"at most {MAX_NAME_LENGTH} characters", field="name")
     filters = repository.ListFilters(
         name=name or None,
         status=_parse_status(status),

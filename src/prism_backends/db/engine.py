@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from prism_backends.errors import StoreUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -62,7 +67,8 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.commit()
     except (OperationalError, DBAPIError) as exc:
         session.rollback()
-        if _is_connectivity_error(exc):
+        if _is_outage(exc):
+            log.warning("store unavailable: %s", _first_line(exc))
             raise StoreUnavailable("the store is unavailable; try again shortly") from exc
         raise
     except BaseException:
@@ -72,5 +78,30 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def _is_connectivity_error(exc: DBAPIError) -> bool:
-    return exc.connection_invalidated or isinstance(exc, OperationalError)
+# SQLite reports a query it cannot run (a pattern too complex, too many
+# variables) as an OperationalError too: those are bugs or bad input, not an
+# outage. These are the messages of a store that cannot serve now.
+_SQLITE_OUTAGES = (
+    "database is locked",
+    "database table is locked",
+    "disk i/o error",
+    "database or disk is full",
+    "unable to open database file",
+    "attempt to write a readonly database",
+    "database disk image is malformed",
+)
+
+
+def _is_outage(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc.orig, sqlite3.OperationalError):
+        message = str(exc.orig).lower()
+        return any(outage in message for outage in _SQLITE_OUTAGES)
+    return True  # PostgreSQL's OperationalError: the connection or the server
+
+
+def _first_line(exc: DBAPIError) -> str:
+    return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0] if str(exc.orig) else ''}"
