@@ -1,3 +1,3 @@
-from prism_backends.cli.main import app
+from prism_backends.cli.main import main
 
-app()
+main()

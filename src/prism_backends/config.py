@@ -60,6 +60,15 @@ class Settings(LayeredSettings):
         DEFAULT_DATA_DIR,
         description="Directory for the embedded SQLite database and the signing keys.",
     )
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_given(cls, value: Any) -> Any:
+        # Path("") is the current directory: an empty value is a mistake, not a choice.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (give a directory path)")
+        return value
+
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the store, e.g. postgresql+psycopg://host/db. "

@@ -21,6 +21,7 @@ from prism_backends.attestation.tdx.roots import bundled_roots as tdx_bundled_ro
 from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.tokens import TokenVerifier, load_jwks_file
 from prism_backends.config import Settings
+from prism_backends.datadir import prepare_data_dir, private_file
 from prism_backends.db.engine import make_engine, make_session_factory
 from prism_backends.pricing.core import PriceTable
 from prism_backends.pricing.table import packaged_table
@@ -37,7 +38,8 @@ class Runtime:
     @cached_property
     def engine(self) -> Engine:
         if self.settings.database_url is None:
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            prepare_data_dir(self.settings.data_dir)
+            private_file(self.settings.data_dir / "prism-backends.db")
         return make_engine(self.settings.effective_database_url)
 
     @cached_property

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from prism_backends.datadir import prepare_data_dir
+
 CA_CERT_FILE = "agents-ca.pem"
 CA_KEY_FILE = "agents-ca-key.pem"
 SERVER_CERT_FILE = "agents-server.pem"
@@ -187,7 +189,7 @@ def load_ca(cert_path: Path, key_path: Path) -> AgentCA:
 def creation_lock(data_dir: Path) -> Iterator[None]:
     """Serialises first-use creation of keys and certificates in the data
     directory, so processes starting together end up with the same ones."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(data_dir)
     with open(data_dir / ".agents-pki.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

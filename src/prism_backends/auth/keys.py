@@ -11,6 +11,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from prism_backends.datadir import prepare_data_dir
+
 KEY_FILE = "issuer-ed25519.pem"
 
 
@@ -18,7 +20,7 @@ def load_or_create_issuer_key(data_dir: Path) -> Ed25519PrivateKey:
     """Read the key, creating it (mode 0600) on first use."""
     path = data_dir / KEY_FILE
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(data_dir)
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,

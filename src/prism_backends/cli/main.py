@@ -33,6 +33,7 @@ from prism_backends.cli.options import (
     setup_logging,
 )
 from prism_backends.config import Settings
+from prism_backends.datadir import DataDirError
 from prism_backends.db import migrate as migrations
 from prism_backends.http import access_log
 from prism_backends.http.app import create_app
@@ -415,3 +416,13 @@ def token_issue(
             audience=settings.jwt_audience,
         )
     )
+
+
+def main() -> None:
+    """The ``prism-backends`` command: problems with the data directory are one
+    line naming the path and the cause, not a traceback."""
+    try:
+        app()
+    except DataDirError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None

@@ -25,6 +25,15 @@ ConfigOpt = Annotated[
         show_default=False,
     ),
 ]
+def _data_dir(value: str | None) -> Path | None:
+    # A Path option would turn "" into "." (the current directory): refuse it here.
+    if value is None:
+        return None
+    if not value.strip():
+        raise typer.BadParameter("must not be empty (give a directory path)")
+    return Path(value)
+
+
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -32,6 +41,7 @@ DataDirOpt = Annotated[
         help="Data directory for the SQLite store and keys "
         "[env: PRISM_BACKENDS_DATA_DIR; default: ./.prism-backends].",
         show_default=False,
+        parser=_data_dir,
     ),
 ]
 DatabaseUrlOpt = Annotated[
