@@ -25,6 +25,8 @@ ConfigOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
 def _data_dir(value: str | None) -> Path | None:
     # A Path option would turn "" into "." (the current directory): refuse it here.
     if value is None:
