@@ -234,3 +234,9 @@ def test_what_cannot_be_an_agent_address_is_400(create: CreateFn, agent_url: str
     reply = create(body={"name": "addr", "agent_url": agent_url})
     assert reply.status_code == 400
     assert reply.json()["message"].startswith("agent_url:"), reply.json()
+
+
+def test_a_provider_not_enabled_is_said_once_with_the_reason(create: CreateFn) -> None:
+    message = create(provider="azure", body={"name": "x"}).json()["message"]
+    assert message.count("not enabled") == 1
+    assert "no provider file (providers_dir) turns it on" in message

@@ -132,7 +132,7 @@ def test_external_offers_1_to_512_vcpus_on_both_platforms() -> None:
 def test_providers_not_enabled_say_so(name: str) -> None:
     catalog = load_catalog(None)
     assert catalog.get(name) is None
-    assert "not enabled" in catalog.why_unavailable(name)
+    assert "no provider file" in catalog.why_unavailable(name)
 
 
 def test_defaults_have_no_price_override() -> None:
@@ -172,7 +172,7 @@ def test_a_file_may_disable_external(providers_dir: Path, write_provider: WriteP
     catalog = load_catalog(providers_dir)
 
     assert catalog.enabled_names == []
-    assert "not enabled" in catalog.why_unavailable("external")
+    assert "no provider file" in catalog.why_unavailable("external")
 
 
 def test_a_file_without_enabled_enables_its_provider(

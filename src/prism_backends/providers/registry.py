@@ -66,7 +66,7 @@ class Catalog:
         return self._entries.get(name)
 
     def why_unavailable(self, name: str) -> str:
-        return self._unavailable.get(name, "it is not enabled in this deployment's configuration")
+        return self._unavailable.get(name, "no provider file (providers_dir) turns it on")
 
     def price_region(self, name: str) -> str:
         """Where the provider's machines run, for prices that differ by region."""
