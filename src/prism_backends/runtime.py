@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 
 from cryptography import x509
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.agents.pki import AgentCA, load_ca, load_or_create_ca
@@ -22,11 +24,14 @@ from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.tokens import TokenVerifier, load_jwks_file
 from prism_backends.config import Settings
 from prism_backends.datadir import prepare_data_dir, private_file
+from prism_backends.db.backup import checkpoint
 from prism_backends.db.engine import make_engine, make_session_factory
 from prism_backends.pricing.core import PriceTable
 from prism_backends.pricing.table import packaged_table
 from prism_backends.providers.config import ProviderConfig, load_configs
 from prism_backends.providers.registry import Catalog, load_catalog
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,4 +146,8 @@ class Runtime:
 
     def close(self) -> None:
         if "engine" in self.__dict__:
+            try:
+                checkpoint(self.engine)  # the .db file alone then holds everything
+            except SQLAlchemyError:
+                log.warning("could not checkpoint the SQLite write-ahead log", exc_info=True)
             self.engine.dispose()

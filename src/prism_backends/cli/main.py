@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +36,7 @@ from prism_backends.cli.options import (
 from prism_backends.config import Settings
 from prism_backends.datadir import DataDirError
 from prism_backends.db import migrate as migrations
+from prism_backends.db.backup import backup as backup_sqlite
 from prism_backends.http import access_log
 from prism_backends.http.app import create_app
 from prism_backends.lifecycle.worker import LifecycleWorkers
@@ -380,6 +382,34 @@ def migrate(
     _migrate_or_exit(runtime)
     typer.echo(f"store is at schema {migrations.current_revision(runtime.engine)}", err=True)
     runtime.close()
+
+
+@app.command()
+def backup(
+    target: Annotated[Path, typer.Argument(help="Where to write the copy (a new file).")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Copy the embedded SQLite store while the service runs (an online backup).
+
+    To restore: stop the service, put the copy at DATA_DIR/prism-backends.db
+    (removing any -wal and -shm files beside it), start again. For PostgreSQL
+    use pg_dump and pg_restore."""
+    settings = settings_from(config, data_dir=data_dir, database_url=database_url)
+    if settings.database_url is not None:
+        typer.echo("error: the store is PostgreSQL: back it up with pg_dump", err=True)
+        raise typer.Exit(2)
+    database = settings.data_dir / "prism-backends.db"
+    if not database.is_file():
+        typer.echo(f"error: there is no store at {database}", err=True)
+        raise typer.Exit(1)
+    try:
+        pages = backup_sqlite(database, target)
+    except (OSError, sqlite3.Error) as exc:
+        typer.echo(f"error: cannot back up {database} to {target}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"backed up {database} to {target} ({pages} pages)", err=True)
 
 
 @token_app.command("issue")
