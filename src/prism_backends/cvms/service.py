@@ -161,7 +161,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
 
 
 def _enabled_provider(catalog: Catalog, raw: str) -> CatalogEntry:
-    name = raw.lower()
+    name = raw.strip().lower()  # as the platform is read
     entry = catalog.get(name)
     if entry is not None:
         return entry

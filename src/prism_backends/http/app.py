@@ -13,6 +13,7 @@ from prism_backends.agents.endpoints import router as agents_router
 from prism_backends.attestation.endpoints import router as attestation_router
 from prism_backends.cvms.endpoints import router as cvms_router
 from prism_backends.http.errors import install_error_handlers
+from prism_backends.http.head import HeadAsGet
 from prism_backends.runtime import Runtime
 
 
@@ -35,6 +36,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.runtime = runtime
+    app.add_middleware(HeadAsGet)
     install_error_handlers(app)
     app.include_router(cvms_router, prefix=base)
     app.include_router(agents_router, prefix=base)
