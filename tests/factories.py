@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.cvms.models import CVM
@@ -72,3 +73,21 @@ def insert_samples(
             stats.record_slot(
                 session, slot_start(moment, interval_seconds), interval_seconds, {cvm_id: up}
             )
+
+
+def pending_cvm(sessions: sessionmaker[Session], provider: str = "aws") -> str:
+    """A CVM the lifecycle workers may claim now, with no machine yet."""
+    cvm_id = insert_cvm(sessions, provider=provider, state=State.PENDING, status=Status.STARTING)
+    with unit_of_work(sessions) as session:
+        session.execute(
+            update(CVM).where(CVM.id == cvm_id).values(next_attempt_at=utcnow(), cvm_id="")
+        )
+    return cvm_id
+
+
+def cvm_row(sessions: sessionmaker[Session], cvm_id: str) -> CVM:
+    """The CVM's row as it is now, detached from its session."""
+    with unit_of_work(sessions) as session:
+        row = session.scalars(select(CVM).where(CVM.id == cvm_id)).one()
+        session.expunge(row)
+        return row

@@ -25,22 +25,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from tests.fakes import loopback
-from tests.fakes.chaos import Chaos, Trouble
+from tests.fakes.chaos import Chaos, Injected, Trouble
 
 VM_PATH = re.compile(
     r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Compute"
     r"/virtualMachines(?:/([^/]+))?$"
 )
 OPERATION_PATH = re.compile(r"^/fake-operations/([^/]+)$")
-
-
-@dataclass
-class Injected:
-    """A failure for the next PUT: in the operation, or as an HTTP status."""
-
-    code: str
-    message: str = "injected"
-    http_status: int = 0  # 0: the operation fails and the VM ends Failed
 
 
 @dataclass

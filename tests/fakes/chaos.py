@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 
+@dataclass
+class Injected:
+    """A failure a fake gives its next create on command: in the long-running
+    operation (``http_status`` 0: it ends failed with ``code``), or as the
+    answer to the call itself (an HTTP status and the cloud's error code)."""
+
+    code: str
+    message: str = "injected"
+    http_status: int = 0
+
+
 class Trouble(StrEnum):
     NONE = "none"
     BEFORE = "before"  # refused: nothing made

@@ -18,20 +18,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from tests.fakes import loopback
-from tests.fakes.chaos import Chaos, Trouble
+from tests.fakes.chaos import Chaos, Injected, Trouble
 
 ZONE = re.compile(
     r"^/compute/v1/projects/([^/]+)/zones/([^/]+)/(instances|operations)(?:/([^/]+))?(/wait)?$"
 )
-
-
-@dataclass
-class Injected:
-    """A failure for the next insert: in the operation, or as an HTTP status."""
-
-    code: str
-    message: str = "injected"
-    http_status: int = 0  # 0: the operation fails; else the insert call itself
 
 
 @dataclass

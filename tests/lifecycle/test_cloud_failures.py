@@ -11,13 +11,10 @@ from dataclasses import dataclass
 
 import pytest
 from moto.server import ThreadedMotoServer
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from prism_backends.config import Settings
 from prism_backends.cvms.models import CVM
-from prism_backends.db.base import utcnow
-from prism_backends.db.engine import unit_of_work
 from prism_backends.lifecycle import reconciler
 from prism_backends.lifecycle.worker import LifecycleWorkers
 from prism_backends.providers.aws import make_aws
@@ -25,9 +22,9 @@ from prism_backends.providers.base import AgentBootstrap, Provider
 from prism_backends.providers.config import ProviderConfig, default_configs
 from prism_backends.providers.registry import Catalog, CatalogEntry
 from prism_backends.runtime import Runtime
-from prism_backends.vocabulary import State, Status
-from tests.factories import insert_cvm
+from tests.factories import cvm_row, pending_cvm
 from tests.fakes import azure_arm, ec2_front, gcp_compute
+from tests.fakes.chaos import Injected
 from tests.providers import test_aws as aws_tests
 from tests.providers import test_azure as azure_tests
 from tests.providers import test_gcp as gcp_tests
@@ -74,7 +71,7 @@ def _gcp(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCloud]:
     server, url = gcp_compute.serve(fake)
 
     def inject(code: str, status: int, times: int) -> None:
-        fake.failures.extend([gcp_compute.Injected(code, http_status=status)] * times)
+        fake.failures.extend([Injected(code, http_status=status)] * times)
 
     try:
         yield FakeCloud("gcp", gcp_tests.provider_for(url), inject)
@@ -88,7 +85,7 @@ def _azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCloud]:
     server, url = azure_arm.serve(fake)
 
     def inject(code: str, status: int, times: int) -> None:
-        fake.failures.extend([azure_arm.Injected(code, http_status=status)] * times)
+        fake.failures.extend([Injected(code, http_status=status)] * times)
 
     try:
         yield FakeCloud("azure", azure_tests.provider_for(url), inject)
@@ -137,31 +134,15 @@ def workers(
     rt.close()
 
 
-def _pending(rt: Runtime, provider: str) -> str:
-    cvm_id = insert_cvm(rt.sessions, provider=provider, state=State.PENDING, status=Status.STARTING)
-    with unit_of_work(rt.sessions) as session:
-        session.execute(
-            update(CVM).where(CVM.id == cvm_id).values(next_attempt_at=utcnow(), cvm_id="")
-        )
-    return cvm_id
-
-
-def _row(rt: Runtime, cvm_id: str) -> CVM:
-    with unit_of_work(rt.sessions) as session:
-        row = session.scalars(select(CVM).where(CVM.id == cvm_id)).one()
-        session.expunge(row)
-        return row
-
-
 def _step_until(
     rt: Runtime, workers: LifecycleWorkers, cvm_id: str, done: Callable[[CVM], bool]
 ) -> CVM:
     for _ in range(200):
         workers.run_once()
-        row = _row(rt, cvm_id)
+        row = cvm_row(rt.sessions, cvm_id)
         if done(row):
             return row
-    raise AssertionError(f"never got there: {_row(rt, cvm_id).__dict__}")
+    raise AssertionError(f"never got there: {cvm_row(rt.sessions, cvm_id).__dict__}")
 
 
 def test_retryable_failures_back_off_with_the_code_then_the_machine_is_made(
@@ -174,9 +155,9 @@ def test_retryable_failures_back_off_with_the_code_then_the_machine_is_made(
     for code, status in CASES[fake_cloud.name][0]:
         # aws and azure SDKs retry 5xx and throttling themselves (3 times): outlast them.
         fake_cloud.inject(code, status, 4 if status >= 429 else 1)
-        cvm_id = _pending(rt, fake_cloud.name)
+        cvm_id = pending_cvm(rt.sessions, fake_cloud.name)
         lifecycle.run_once()
-        row = _row(rt, cvm_id)
+        row = cvm_row(rt.sessions, cvm_id)
         assert row.state == "provisioning" and row.attempts >= 1, (code, row.error)
         assert row.error.startswith("retrying: ") and code in row.error, (code, row.error)
         row = _step_until(rt, lifecycle, cvm_id, lambda r: r.state != "provisioning")
@@ -189,7 +170,7 @@ def test_terminal_failures_fail_the_cvm_naming_the_code(
     rt, lifecycle = workers
     for code, status in CASES[fake_cloud.name][1]:
         fake_cloud.inject(code, status, 1)
-        cvm_id = _pending(rt, fake_cloud.name)
+        cvm_id = pending_cvm(rt.sessions, fake_cloud.name)
         row = _step_until(rt, lifecycle, cvm_id, lambda r: r.next_attempt_at is None)
         assert (row.state, row.status) == ("failed", "failed"), (code, row.error)
         assert code in row.error, (code, row.error)

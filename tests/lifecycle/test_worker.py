@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from prism_backends.config import Settings
 from prism_backends.cvms.models import CVM
@@ -21,8 +21,7 @@ from prism_backends.providers.base import RetryableProviderError, TerminalProvid
 from prism_backends.providers.config import default_configs
 from prism_backends.providers.registry import Catalog, CatalogEntry
 from prism_backends.runtime import Runtime
-from prism_backends.vocabulary import State, Status
-from tests.factories import insert_cvm
+from tests.factories import cvm_row, pending_cvm
 from tests.fakes.memory_provider import MemoryProvider
 
 FAST = {"retry_base_seconds": 0.001, "retry_max_seconds": 0.002, "lease_seconds": 30.0}
@@ -57,22 +56,6 @@ def rt(make_rt: RuntimeFactory, provider: MemoryProvider) -> Runtime:
     return make_rt(provider)
 
 
-def _pending(rt: Runtime) -> str:
-    cvm_id = insert_cvm(rt.sessions, provider="aws", state=State.PENDING, status=Status.STARTING)
-    with unit_of_work(rt.sessions) as session:
-        session.execute(
-            update(CVM).where(CVM.id == cvm_id).values(next_attempt_at=utcnow(), cvm_id="")
-        )
-    return cvm_id
-
-
-def _row(rt: Runtime, cvm_id: str) -> CVM:
-    with unit_of_work(rt.sessions) as session:
-        row = session.scalars(select(CVM).where(CVM.id == cvm_id)).one()
-        session.expunge(row)
-        return row
-
-
 def _drain(rt: Runtime, *, steps: int = 50) -> int:
     workers = LifecycleWorkers(rt.settings, rt.sessions, rt.catalog)
     for done in range(steps):
@@ -88,9 +71,9 @@ def _drain(rt: Runtime, *, steps: int = 50) -> int:
 
 
 def test_pending_cvm_is_provisioned_once(rt: Runtime, provider: MemoryProvider) -> None:
-    cvm_id = _pending(rt)
+    cvm_id = pending_cvm(rt.sessions)
     _drain(rt)
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.status, row.error) == ("provisioned", "starting", "")
     assert row.cvm_id == f"i-{cvm_id[:8]}"
     assert row.next_attempt_at is None and row.lease_owner is None
@@ -105,13 +88,13 @@ def test_machine_still_creating_is_polled_until_running(
     monkeypatch.setattr(reconciler, "CREATION_POLL_SECONDS", 0.0)
     slow = MemoryProvider("aws", creating_polls=2)
     rt = make_rt(slow)
-    cvm_id = _pending(rt)
+    cvm_id = pending_cvm(rt.sessions)
     workers = LifecycleWorkers(rt.settings, rt.sessions, rt.catalog)
     assert workers.run_once()
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.cvm_id) == ("provisioning", f"i-{cvm_id[:8]}")
     _drain(rt)
-    assert _row(rt, cvm_id).state == "provisioned"
+    assert cvm_row(rt.sessions, cvm_id).state == "provisioned"
     assert slow.ledger.creations == {cvm_id: 1}
 
 
@@ -123,10 +106,10 @@ def test_a_machine_creating_past_the_timeout_is_retried_then_given_up_and_remove
     monkeypatch.setattr(reconciler, "CREATION_POLL_SECONDS", 0.0)
     stuck = MemoryProvider("aws", creating_polls=1_000_000)
     rt = make_rt(stuck, create_timeout_seconds=0.001, retry_give_up_seconds=3600)
-    cvm_id = _pending(rt)
+    cvm_id = pending_cvm(rt.sessions)
     workers = LifecycleWorkers(rt.settings, rt.sessions, rt.catalog)
     workers.run_once()
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.attempts) == ("provisioning", 1)
     assert "still being created" in row.error and row.first_failure_at is not None
 
@@ -134,9 +117,9 @@ def test_a_machine_creating_past_the_timeout_is_retried_then_given_up_and_remove
     workers = LifecycleWorkers(impatient, rt.sessions, rt.catalog)
     for _ in range(50):
         workers.run_once()
-        if _row(rt, cvm_id).next_attempt_at is None:
+        if cvm_row(rt.sessions, cvm_id).next_attempt_at is None:
             break
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.status) == ("failed", "failed")
     assert "gave up" in row.error and "still being created" in row.error
     assert stuck.ledger.creations == {cvm_id: 1}  # never made twice ...
@@ -145,15 +128,15 @@ def test_a_machine_creating_past_the_timeout_is_retried_then_given_up_and_remove
 
 def test_retryable_failures_back_off_then_succeed(rt: Runtime, provider: MemoryProvider) -> None:
     provider.create_failures = [RetryableProviderError("ZonalAllocationFailed")] * 3
-    cvm_id = _pending(rt)
+    cvm_id = pending_cvm(rt.sessions)
     workers = LifecycleWorkers(rt.settings, rt.sessions, rt.catalog)
     workers.run_once()
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.attempts) == ("provisioning", 1)
     assert row.error == "retrying: ZonalAllocationFailed"
     assert row.next_attempt_at is not None and row.lease_owner is None
     _drain(rt)
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.attempts, row.error) == ("provisioned", 0, "")
 
 
@@ -162,9 +145,9 @@ def test_retryable_failures_give_up_after_the_configured_time(
 ) -> None:
     rt = make_rt(provider, retry_give_up_seconds=0.001)
     provider.create_failures = [RetryableProviderError("QuotaExceeded")] * 100
-    cvm_id = _pending(rt)
+    cvm_id = pending_cvm(rt.sessions)
     _drain(rt)
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.status) == ("failed", "failed")
     assert "gave up" in row.error and "QuotaExceeded" in row.error
 
@@ -173,9 +156,9 @@ def test_terminal_failure_fails_the_cvm_and_cleans_up_a_partial_machine(
     rt: Runtime, provider: MemoryProvider
 ) -> None:
     provider.fail_after_create = TerminalProviderError("InvalidAMIID.NotFound")
-    cvm_id = _pending(rt)
+    cvm_id = pending_cvm(rt.sessions)
     _drain(rt)
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.status, row.error) == ("failed", "failed", "InvalidAMIID.NotFound")
     assert row.next_attempt_at is None
     assert provider.ledger.live == {}  # nothing leaked
@@ -183,7 +166,7 @@ def test_terminal_failure_fails_the_cvm_and_cleans_up_a_partial_machine(
 
 
 def test_delete_tears_down_and_retries_until_done(rt: Runtime, provider: MemoryProvider) -> None:
-    cvm_id = _pending(rt)
+    cvm_id = pending_cvm(rt.sessions)
     _drain(rt)
     provider.delete_failures = [RetryableProviderError("Throttling"), TerminalProviderError("x")]
     with unit_of_work(rt.sessions) as session:
@@ -191,14 +174,14 @@ def test_delete_tears_down_and_retries_until_done(rt: Runtime, provider: MemoryP
 
         assert repository.mark_deleted(session, "dom-1", cvm_id, utcnow())
     _drain(rt)
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.status) == ("deleted", "inactive")
     assert row.deleted_at is not None
     assert provider.ledger.live == {}
 
 
 def test_delete_during_provisioning_wins(rt: Runtime, provider: MemoryProvider) -> None:
-    cvm_id = _pending(rt)
+    cvm_id = pending_cvm(rt.sessions)
     workers = LifecycleWorkers(rt.settings, rt.sessions, rt.catalog)
     with unit_of_work(rt.sessions) as session:
         (work,) = queue.claim(session, owner=workers.owner, now=utcnow(), lease_seconds=30, limit=1)
@@ -208,18 +191,18 @@ def test_delete_during_provisioning_wins(rt: Runtime, provider: MemoryProvider) 
     with unit_of_work(rt.sessions) as session:
         assert repository.mark_deleted(session, "dom-1", cvm_id, utcnow())
     workers._converge(work)
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert row.state == "deleting"
     assert row.cvm_id == f"i-{cvm_id[:8]}"  # what was learnt is kept for the teardown
     _drain(rt)
-    assert _row(rt, cvm_id).state == "deleted"
+    assert cvm_row(rt.sessions, cvm_id).state == "deleted"
     assert provider.ledger.live == {}
 
 
 def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced(
     rt: Runtime, provider: MemoryProvider
 ) -> None:
-    cvm_id = _pending(rt)
+    cvm_id = pending_cvm(rt.sessions)
     crashed = LifecycleWorkers(rt.settings, rt.sessions, rt.catalog)
     with unit_of_work(rt.sessions) as session:
         (work,) = queue.claim(session, owner=crashed.owner, now=utcnow(), lease_seconds=30, limit=1)
@@ -230,7 +213,7 @@ def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced(
         (taken,) = queue.claim(session, owner="successor", now=later, lease_seconds=30, limit=1)
     assert taken.id == cvm_id
     crashed._converge(work)  # the old owner wakes up: its result must be discarded
-    row = _row(rt, cvm_id)
+    row = cvm_row(rt.sessions, cvm_id)
     assert (row.lease_owner, row.state) == ("successor", "provisioning")
     assert provider.ledger.creations == {cvm_id: 1}
 
@@ -249,9 +232,9 @@ def test_sweep_removes_machines_no_live_cvm_owns(rt: Runtime, provider: MemoryPr
     from prism_backends.lifecycle.sweeper import sweep
     from prism_backends.providers.base import Machine, MachineState
 
-    kept = _pending(rt)
+    kept = pending_cvm(rt.sessions)
     _drain(rt)
-    deleted = _pending(rt)
+    deleted = pending_cvm(rt.sessions)
     _drain(rt)
     with unit_of_work(rt.sessions) as session:
         assert repository.mark_deleted(session, "dom-1", deleted, utcnow())

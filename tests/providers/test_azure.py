@@ -21,7 +21,8 @@ from prism_backends.providers.base import (
 )
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError
 from prism_backends.vocabulary import Platform
-from tests.fakes.azure_arm import FakeArm, Injected, serve
+from tests.fakes.azure_arm import FakeArm, serve
+from tests.fakes.chaos import Injected
 from tests.providers.machine_requests import machine_request
 
 MARK = "0f1e2d3c4b5a"

@@ -20,7 +20,8 @@ from prism_backends.providers.base import (
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError
 from prism_backends.providers.gcp import GcpProvider, make_gcp, request_id_for
 from prism_backends.vocabulary import Platform
-from tests.fakes.gcp_compute import FakeCompute, Injected, serve
+from tests.fakes.chaos import Injected
+from tests.fakes.gcp_compute import FakeCompute, serve
 from tests.providers.machine_requests import machine_request
 
 MARK = "0f1e2d3c4b5a"

@@ -16,7 +16,6 @@ VLEK (chip id zero), which the attestation core accepts.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,8 +43,6 @@ from prism_backends.providers.base import (
 )
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError, vcpu_list
 from prism_backends.vocabulary import Platform
-
-log = logging.getLogger(__name__)
 
 # vCPUs -> the M6a size with that many (2 vCPUs per core).
 SIZES = {
@@ -247,12 +244,8 @@ def _machine(instance: Mapping[str, Any]) -> Machine:
 
 def make_aws(config: ProviderConfig) -> AwsProvider:
     settings, source = config.settings, config.source
-    region = settings.get("region")
-    image_id = settings.get("image_id")
-    if not isinstance(region, str) or not region:
-        raise ProviderConfigError(f"{source}: [config] region is required (e.g. us-east-2)")
-    if not isinstance(image_id, str) or not image_id:
-        raise ProviderConfigError(f"{source}: [config] image_id (a UEFI AMI) is required")
+    region = cloud.required_setting(settings, "region", source, hint=" (e.g. us-east-2)")
+    image_id = cloud.required_setting(settings, "image_id", source, hint=" (a UEFI AMI)")
     groups = settings.get("security_group_ids", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise ProviderConfigError(f"{source}: [config] security_group_ids must list strings")

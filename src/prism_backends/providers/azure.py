@@ -28,7 +28,6 @@ cleanup that follows deletes it.
 from __future__ import annotations
 
 import base64
-import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -59,8 +58,6 @@ from prism_backends.providers.base import (
 )
 from prism_backends.providers.config import ProviderConfig, ProviderConfigError, vcpu_list
 from prism_backends.vocabulary import Platform
-
-log = logging.getLogger(__name__)
 
 SIZES = {
     Platform.SEV_SNP: {n: f"Standard_DC{n}as_v5" for n in (2, 4, 8, 16, 32, 48, 64, 96)},
@@ -101,6 +98,8 @@ POWER_STATES = {  # instance view "PowerState/<x>" -> ours
     "deallocated": MachineState.STOPPED,
 }
 DEFAULT_OPERATION_WAIT = 60.0
+# What a call through the SDK can raise: an ARM error answer, or no answer at all.
+AZURE_ERRORS = (HttpResponseError, ServiceRequestError, ServiceResponseError)
 NETWORK_API_VERSION = "2022-11-01"  # lets the compute API create the NIC and IP inline
 
 
@@ -202,9 +201,7 @@ class AzureProvider(RemoteDriver):
                 # Its polling thread ends with the operation; later steps read the VM.
                 return Machine(provider_machine_id=name, state=MachineState.CREATING)
             poller.result()
-        except HttpResponseError as exc:
-            raise classified(exc, "virtual_machines.create_or_update") from exc
-        except (ServiceRequestError, ServiceResponseError) as exc:
+        except AZURE_ERRORS as exc:
             raise classified(exc, "virtual_machines.create_or_update") from exc
         found = self._get(name)
         return self._settle(name, found) if found else Machine(name, MachineState.CREATING)
@@ -229,7 +226,7 @@ class AzureProvider(RemoteDriver):
             return []
         try:
             listed = list(self._vms.list(self._group, **self._options))
-        except HttpResponseError as exc:
+        except AZURE_ERRORS as exc:
             raise classified(exc, "virtual_machines.list") from exc
         owned = []
         for vm in listed:
@@ -258,9 +255,7 @@ class AzureProvider(RemoteDriver):
             poller.result()
         except ResourceNotFoundError:
             return True
-        except HttpResponseError as exc:
-            raise classified(exc, "virtual_machines.delete") from exc
-        except (ServiceRequestError, ServiceResponseError) as exc:
+        except AZURE_ERRORS as exc:
             raise classified(exc, "virtual_machines.delete") from exc
         return True
 
@@ -271,9 +266,7 @@ class AzureProvider(RemoteDriver):
             )
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as exc:
-            raise classified(exc, "virtual_machines.get") from exc
-        except (ServiceRequestError, ServiceResponseError) as exc:
+        except AZURE_ERRORS as exc:
             raise classified(exc, "virtual_machines.get") from exc
         return vm
 
@@ -408,21 +401,16 @@ def _machine(vm: compute.VirtualMachine) -> Machine:
     return Machine(provider_machine_id=name, state=state)
 
 
-def _required(settings: Mapping[str, Any], key: str, source: str, hint: str = "") -> str:
-    value = settings.get(key)
-    if not isinstance(value, str) or not value:
-        raise ProviderConfigError(f"{source}: [config] {key} is required{hint}")
-    return value
-
-
 def make_azure(config: ProviderConfig) -> AzureProvider:
     settings, source = config.settings, config.source
-    subscription = _required(settings, "subscription_id", source)
-    group = _required(settings, "resource_group", source)
-    location = _required(settings, "location", source, " (e.g. westeurope)")
-    subnet = _required(settings, "subnet_id", source, " (the subnet's resource id)")
+    subscription = cloud.required_setting(settings, "subscription_id", source)
+    group = cloud.required_setting(settings, "resource_group", source)
+    location = cloud.required_setting(settings, "location", source, hint=" (e.g. westeurope)")
+    subnet = cloud.required_setting(
+        settings, "subnet_id", source, hint=" (the subnet's resource id)"
+    )
     try:
-        image = image_reference(_required(settings, "image", source))
+        image = image_reference(cloud.required_setting(settings, "image", source))
     except ValueError as exc:
         raise ProviderConfigError(f"{source}: [config] {exc}") from exc
     base_url = str(settings.get("base_url") or "https://management.azure.com")

@@ -54,6 +54,16 @@ def agent_choice(settings: Mapping[str, Any], source: str) -> AgentChoice:
     return AgentChoice(kind=str(kind), cocos_agent_url=str(url))
 
 
+def required_setting(
+    settings: Mapping[str, Any], key: str, source: str, *, default: str = "", hint: str = ""
+) -> str:
+    """A non-empty string from a provider's ``[config]``, or an error naming the key."""
+    value = settings.get(key, default) or default
+    if not isinstance(value, str) or not value:
+        raise ProviderConfigError(f"{source}: [config] {key} is required{hint}")
+    return value
+
+
 def operation_wait_seconds(settings: Mapping[str, Any], source: str, default: float) -> float:
     """How long one lifecycle step waits on a cloud's long-running operation."""
     wait = settings.get("operation_wait_seconds", default)

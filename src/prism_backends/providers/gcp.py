@@ -20,7 +20,6 @@ only in the zone operation's error: they are read there and classified.
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -43,10 +42,8 @@ from prism_backends.providers.base import (
     RetryableProviderError,
     TerminalProviderError,
 )
-from prism_backends.providers.config import ProviderConfig, ProviderConfigError, vcpu_list
+from prism_backends.providers.config import ProviderConfig, vcpu_list
 from prism_backends.vocabulary import Platform
-
-log = logging.getLogger(__name__)
 
 REQUEST_NAMESPACE = uuid.UUID("3b0b3c6e-7a0e-4d1e-9a55-8b6d1c1c0a11")
 DEFAULT_OPERATION_WAIT = 60.0
@@ -268,19 +265,12 @@ def _machine(instance: compute_v1.Instance) -> Machine:
     )
 
 
-def _string(settings: Mapping[str, Any], key: str, source: str, default: str | None = None) -> str:
-    value = settings.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise ProviderConfigError(f"{source}: [config] {key} is required")
-    return value
-
-
 def make_gcp(config: ProviderConfig) -> GcpProvider:
     settings, source = config.settings, config.source
-    project = _string(settings, "project_id", source)
-    region = _string(settings, "region", source)
-    zone = _string(settings, "zone", source, f"{region}-a")
-    image = _string(settings, "image", source)
+    project = cloud.required_setting(settings, "project_id", source)
+    region = cloud.required_setting(settings, "region", source)
+    zone = cloud.required_setting(settings, "zone", source, default=f"{region}-a")
+    image = cloud.required_setting(settings, "image", source)
     options = (
         ClientOptions(api_endpoint=settings["api_endpoint"])
         if settings.get("api_endpoint")
