@@ -173,6 +173,35 @@ class Settings(LayeredSettings):
     events_per_cvm: int = Field(
         10_000, ge=10, description="Most agent logs and events kept per CVM (oldest go first)."
     )
+    events_bytes_per_cvm: int = Field(
+        8 * 1024 * 1024,
+        ge=65536,
+        description="Most bytes of agent logs and events kept per CVM (oldest go first).",
+    )
+    agent_message_max_bytes: int = Field(
+        8192,
+        ge=256,
+        le=1024 * 1024,
+        description="An agent's log message or event details longer than this is cut "
+        "(and marked with its length).",
+    )
+    agent_bytes_per_second: int = Field(
+        16384,
+        ge=1024,
+        description="What one CVM's agent may send, sustained (bursts of 16 seconds' worth "
+        "pass; a message costs at least 256 bytes); the rest is dropped and reported as "
+        "one rate_limited event.",
+    )
+    evidence_max_bytes: int = Field(
+        262_144,
+        ge=8192,
+        le=4 * 1024 * 1024,
+        description="Larger evidence is refused unread (a report with its certificates, a "
+        "quote, or a vTPM attestation with its event log fits well within the default).",
+    )
+    evidence_per_minute: int = Field(
+        4, ge=1, description="Evidence one CVM's agent may send a minute (a burst of as many)."
+    )
 
     # Attestation.
     attestation_token_minutes: int = Field(

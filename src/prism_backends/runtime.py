@@ -125,6 +125,7 @@ class Runtime:
                 key_rotation=timedelta(days=settings.attestation_key_rotation_days),
                 trust_on_first_use=settings.attestation_trust_on_first_use,
                 crl=settings.attestation_crl,
+                evidence_max_bytes=settings.evidence_max_bytes,
             ),
             fetcher=(
                 CachingHttpFetcher(settings.data_dir / "endorsements")

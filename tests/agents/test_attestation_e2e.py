@@ -80,7 +80,7 @@ def _send(runtime: Runtime, api: Api, cvm_id: str, evidence: bytes) -> dict[str,
 
             def appraised() -> dict[str, object] | None:
                 cvm = api.cvm(cvm_id)
-                return cvm if cvm["attestation"] else None
+                return cvm if cvm["attestation"] or cvm["attestation_error"] else None
 
             cvm = await eventually(appraised, "the evidence to be appraised")
             call.cancel()

@@ -9,7 +9,7 @@ was. The endpoint runs in each test's own event loop (``asyncio.run``).
 from __future__ import annotations
 
 import asyncio
-import base64
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -300,9 +300,9 @@ def test_evidence_logs_and_events_reach_the_api(runtime: Runtime, api: Api) -> N
         ),
     ]
 
-    def evidence_in_view() -> dict[str, object] | None:
+    def token_in_view() -> dict[str, object] | None:
         cvm = api.cvm(cvm_id)
-        return cvm if cvm["attestation"] and cvm["attestation_token"] else None
+        return cvm if cvm["attestation_token"] else None
 
     def reported() -> list[dict[str, object]] | None:
         events = api.events(cvm_id)
@@ -316,16 +316,17 @@ def test_evidence_logs_and_events_reach_the_api(runtime: Runtime, api: Api) -> N
             await receive(call, "agentStateReq")
             for message in said:
                 await call.write(message)
-            cvm = await eventually(evidence_in_view, "the evidence in GET /cvms/{id}")
-            assert cvm["attestation"] == base64.b64encode(REPORT).decode()
+            cvm = await eventually(token_in_view, "the Azure token in GET /cvms/{id}")
             assert cvm["attestation_token"] == JWT
+            # Refused evidence is not kept: only its digest and size, in the event.
+            assert cvm["attestation"] == ""
             events = await eventually(reported, "the logs and events in GET .../events")
             by_kind = {event["kind"]: event for event in events}
             assert {
                 key: by_kind["log"][key]
                 for key in ("timestamp", "level", "message", "computation_id", "details")
             } == {
-                "timestamp": "2030-01-02T03:04:05.123456Z",
+                "timestamp": "2030-01-02T03:04:05Z",
                 "level": "warn",
                 "message": "computation comp-1 started",
                 "computation_id": "comp-1",
@@ -335,7 +336,7 @@ def test_evidence_logs_and_events_reach_the_api(runtime: Runtime, api: Api) -> N
                 key: by_kind["event"][key]
                 for key in ("timestamp", "message", "computation_id", "details")
             } == {
-                "timestamp": "2030-01-02T03:04:06.5Z",
+                "timestamp": "2030-01-02T03:04:06Z",
                 "message": "algorithm-run",
                 "computation_id": "comp-1",
                 "details": {
@@ -344,8 +345,12 @@ def test_evidence_logs_and_events_reach_the_api(runtime: Runtime, api: Api) -> N
                     "details": '{"progress": 50}',
                 },
             }
-            # Not evidence at all: kept as sent, refused with the reason, no token of ours.
+            # Not evidence at all: refused with the reason, no token of ours.
             assert by_kind["attestation_failed"]["level"] == "error"
+            kept = by_kind["attestation_failed"]["details"]
+            assert isinstance(kept, dict)
+            assert kept["evidence_sha256"] == hashlib.sha256(REPORT).hexdigest()
+            assert kept["evidence_bytes"] == len(REPORT)
             assert str(by_kind["attestation_failed"]["message"]).startswith("not an SEV-SNP")
             assert str(api.cvm(cvm_id)["attestation_error"]).startswith("not an SEV-SNP")
             assert by_kind["azure_token"]["message"] == "Azure attestation token validated"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
+from prism_backends.cvms.models import CVM
 from prism_backends.db.base import utcnow
+from prism_backends.db.engine import unit_of_work
 from prism_backends.runtime import Runtime
 from prism_backends.vocabulary import Status
 from tests.conftest import TokenFactory, auth
@@ -56,6 +60,7 @@ def test_defaults_newest_first_and_total_counts_every_match(
         ("?limit=--1", "limit"),
         ("?offset=" + "9" * 40, "offset"),
         ("?name=%00", "name"),
+        ("?include=evidence", "include"),
     ],
 )
 def test_out_of_range_query_is_400_naming_it(
@@ -141,3 +146,23 @@ def test_wildcards_in_a_name_filter_match_themselves(
     reply = client.get("/backends/dom-1/cvms", params={"name": "%" * 255}, headers=auth(token()))
     assert reply.status_code == 200
     assert reply.json()["total"] == 0
+
+
+def test_lists_leave_evidence_out_unless_asked_and_view_carries_it(
+    client: TestClient, runtime: Runtime, token: TokenFactory
+) -> None:
+    cvm_id = insert_cvm(runtime.sessions, name="attested")
+    evidence = b"\x02" * 5000
+    with unit_of_work(runtime.sessions) as session:
+        session.execute(update(CVM).where(CVM.id == cvm_id).values(attestation=evidence))
+    encoded = base64.b64encode(evidence).decode()
+
+    listed = _list(client, token)["cvms"]
+    assert isinstance(listed, list)
+    assert listed[0]["attestation"] == ""  # the field stays, empty
+    asked = _list(client, token, "?include=attestation")["cvms"]
+    assert isinstance(asked, list)
+    assert asked[0]["attestation"] == encoded
+    assert _list(client, token, "?include=ATTESTATION,")["cvms"] == asked
+    viewed = client.get(f"/backends/dom-1/cvms/{cvm_id}", headers=auth(token())).json()
+    assert viewed["attestation"] == encoded

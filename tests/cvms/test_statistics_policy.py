@@ -63,7 +63,7 @@ def test_no_samples_means_no_uptime(
     client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
     page = _stats(client, token, insert_cvm(runtime.sessions))
-    assert (page["cvm_stats"], page["total"], page["uptime"]) == ([], 0, None)
+    assert (page["cvm_stats"], page["total"], page["uptime"]) == ([], 0, 0.0)
 
 
 @pytest.mark.parametrize("query", ["?days=0", "?days=91", "?days=x", "?limit=0"])

@@ -29,7 +29,8 @@ FIELDS = {
     "monthly_cost_estimate",
     "cc_platform",
 }
-RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+# Whole seconds, as the source document shows them, on every route.
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
 def _workers(runtime: Runtime) -> LifecycleWorkers:
@@ -50,7 +51,7 @@ def test_object_has_the_source_documents_fields_and_types(create: CreateFn) -> N
     assert isinstance(cvm["vcpus"], int)
     for field in FIELDS - {"vcpus"}:
         assert isinstance(cvm[field], str), field  # unknown strings are "", never null
-    assert RFC3339_UTC.match(cvm["created_at"])
+    assert RFC3339_UTC.match(cvm["created_at"]) and RFC3339_UTC.match(cvm["updated_at"])
     assert cvm["deleted_at"] == "0001-01-01T00:00:00Z"
     assert (cvm["attestation"], cvm["attestation_token"]) == ("", "")
     assert cvm["monthly_cost_estimate"] == "$0.00"

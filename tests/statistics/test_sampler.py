@@ -116,5 +116,39 @@ def test_old_samples_and_events_are_pruned(
         days = [row.day for row in session.scalars(select(UptimeDay))]
         page, total = agents_repository.events_page(session, "dom-1", cvm_id, limit=100, offset=0)
     assert days == [now.date()]
-    assert total == 10
-    assert page[0].message == "line 24" and page[-1].message == "line 15"
+    # Past its bound of 10 the CVM drops its oldest quarter (and a bit): 8 remain.
+    assert total == 8
+    assert page[0].message == "line 24" and page[-1].message == "line 17"
+
+
+def test_a_cvm_past_its_bytes_bound_keeps_its_newest_events(
+    runtime: Runtime, make_settings: Callable[..., Settings]
+) -> None:
+    cvm_id = insert_cvm(runtime.sessions, status=Status.RUNNING)
+    settings = make_settings(events_bytes_per_cvm=65536)
+    now = utcnow()
+    line = "x" * 10_000
+    with unit_of_work(runtime.sessions) as session:
+        agents_repository.add_events(
+            session,
+            [
+                {
+                    "cvm_id": cvm_id,
+                    "kind": "log",
+                    "occurred_at": now,
+                    "received_at": now,
+                    "level": "info",
+                    "message": f"{i:02d}{line}",
+                    "computation_id": "",
+                    "details": "",
+                    "size": 10_002,
+                }
+                for i in range(20)
+            ],
+        )
+    Sampler(settings, runtime.sessions).run_once(now)
+    with unit_of_work(runtime.sessions) as session:
+        page, total = agents_repository.events_page(session, "dom-1", cvm_id, limit=100, offset=0)
+    # 200 kB against a bound of 64 KiB: the newest that fit in three quarters of it.
+    assert total == 4
+    assert [event.message[:2] for event in page] == ["19", "18", "17", "16"]

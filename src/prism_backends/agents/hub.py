@@ -12,15 +12,17 @@ import asyncio
 import base64
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.agents import repository
+from prism_backends.agents.limits import AgentLimits, Budget, EventBounds, cut
 from prism_backends.agents.proto import cvms_pb2
 from prism_backends.attestation.service import Appraiser
 from prism_backends.db.base import utcnow
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FLUSH_SECONDS = 0.5
 MAX_BUFFERED_EVENTS = 100_000
+# A reconnect costs this much of the CVM's byte budget (it writes a session
+# and an event): an agent reconnecting in a loop is refused, not served.
+CONNECT_COST = 4096
 
 
 @dataclass(eq=False)
@@ -64,9 +69,17 @@ class Hub:
         heartbeat_seconds: float,
         session_ttl_seconds: float,
         appraiser: Appraiser,
+        limits: AgentLimits | None = None,
+        bounds: EventBounds | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self._appraiser = appraiser
+        self.limits = limits or AgentLimits()
+        self._bounds = bounds or EventBounds()
+        self._clock = clock
+        self._budgets: dict[str, Budget] = {}
+        self._gained: dict[str, list[int]] = {}  # cvm id -> [events, bytes] since its trim
         self.replica = replica
         self._heartbeat = heartbeat_seconds
         self._ttl = timedelta(seconds=session_ttl_seconds)
@@ -87,6 +100,24 @@ class Hub:
         return await asyncio.to_thread(run)
 
     # --- streams ---------------------------------------------------------------
+
+    def _budget(self, cvm_id: str) -> Budget:
+        budget = self._budgets.get(cvm_id)
+        if budget is None:
+            budget = self._budgets[cvm_id] = Budget(self.limits, self._clock())
+        return budget
+
+    def admit(self, cvm_id: str) -> bool:
+        """May this CVM's agent open a stream now? False when it reconnects in a loop."""
+        return self._budget(cvm_id).allow_message(CONNECT_COST, self._clock())
+
+    def allow(self, cvm_id: str, size: int) -> bool:
+        """May this CVM's agent send a message of ``size`` bytes now? What is
+        refused is counted and reported as one event at the next flush. A
+        message costs what is kept of it (its texts are cut), so one long log
+        line is stored cut rather than refused outright."""
+        kept = 2 * self.limits.message_max_bytes  # a text and details, each cut
+        return self._budget(cvm_id).allow_message(size, self._clock(), kept=kept)
 
     async def attach(self, connection: Connection) -> None:
         previous = self._connections.get(connection.cvm_id)
@@ -135,6 +166,8 @@ class Hub:
         details: dict[str, Any] | None = None,
     ) -> None:
         now = utcnow()
+        message = cut(message, self.limits.message_max_bytes)
+        details_json = json.dumps(details) if details else ""
         self._events.append(
             {
                 "cvm_id": cvm_id,
@@ -144,16 +177,23 @@ class Hub:
                 "level": level[:16],
                 "message": message,
                 "computation_id": computation_id[:255],
-                "details": json.dumps(details) if details else "",
+                "details": details_json,
+                "size": len(message.encode()) + len(details_json.encode()),
             }
         )
 
     async def evidence(self, cvm_id: str, report: bytes) -> None:
-        """Appraise evidence (signatures, binding, policy) and record the verdict."""
+        """Appraise evidence (signatures, binding, policy) and record the
+        verdict, within the CVM's evidence budget."""
+        if not self._budget(cvm_id).allow_evidence(self._clock()):
+            return
         await asyncio.to_thread(self._appraiser.evidence, cvm_id, report)
 
     async def azure_token(self, cvm_id: str, token: bytes) -> None:
-        """Validate an Azure Attestation token; kept only when it validates."""
+        """Validate an Azure Attestation token (within the evidence budget);
+        kept only when it validates."""
+        if not self._budget(cvm_id).allow_evidence(self._clock()):
+            return
         await asyncio.to_thread(self._appraiser.azure_token, cvm_id, _token_text(token))
 
     # --- the loops -----------------------------------------------------------------
@@ -179,16 +219,26 @@ class Hub:
                 log.exception("agents endpoint: %s failed", getattr(step, "__name__", step))
 
     async def flush(self) -> None:
-        """Write what agents said since the last flush, in one transaction."""
+        """Write what agents said since the last flush, in one transaction,
+        and trim the CVMs that gained enough to approach their bound."""
+        self._report_dropped()
         answered, self._answered = sorted(self._answered), set()
         events, self._events = self._events, []
         if not answered and not events:
             return
         now = utcnow()
+        crowded = self._crowded(events)
 
         def write(session: Session) -> None:
             repository.mark_answered(session, self.replica, answered, now)
             repository.add_events(session, events)
+            for cvm_id in crowded:
+                repository.trim_events(
+                    session,
+                    cvm_id,
+                    keep=self._bounds.trim_count,
+                    keep_bytes=self._bounds.trim_size,
+                )
 
         try:
             await self._db(write)
@@ -196,11 +246,33 @@ class Hub:
             # Keep them for the next flush (bounded: a long outage drops the oldest).
             self._answered.update(answered)
             self._events = (events + self._events)[-MAX_BUFFERED_EVENTS:]
+            for cvm_id in crowded:
+                self._gained.setdefault(cvm_id, [0, 0])
             raise
+        for cvm_id in crowded:
+            self._gained.pop(cvm_id, None)
+
+    def _report_dropped(self) -> None:
+        for cvm_id, budget in self._budgets.items():
+            dropped = budget.take_dropped()
+            if dropped is not None:
+                self.record(
+                    cvm_id, "rate_limited", level="warn", message=dropped.describe(self.limits)
+                )
+
+    def _crowded(self, events: list[dict[str, object]]) -> list[str]:
+        """CVMs that may reach a bound with these events: trimmed in the same write."""
+        for event in events:
+            gained = self._gained.setdefault(str(event["cvm_id"]), [0, 0])
+            gained[0] += 1
+            gained[1] += cast(int, event["size"])
+        crowded = self._bounds.crowded
+        return sorted(cvm_id for cvm_id, (n, b) in self._gained.items() if crowded(n, b))
 
     async def heartbeat(self) -> None:
         """Ask every agent for its state, keep our sessions alive, and send
         disconnectReq to the agents of CVMs deleted meanwhile."""
+        self._forget_idle_budgets()
         cvm_ids = list(self._connections)
         if not cvm_ids:
             return
@@ -219,6 +291,13 @@ class Hub:
                 connection.disconnect("the CVM was deleted")
             else:
                 connection.send(state_request())
+
+    def _forget_idle_budgets(self) -> None:
+        now = self._clock()
+        for cvm_id in [c for c, b in self._budgets.items() if b.idle(now)]:
+            if cvm_id not in self._connections:
+                del self._budgets[cvm_id]
+                self._gained.pop(cvm_id, None)  # the hourly prune bounds it from here
 
 
 def _token_text(token: bytes) -> str:

@@ -58,6 +58,8 @@ class AgentEvent(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     computation_id: Mapped[str] = mapped_column(String(255), default="")
     details: Mapped[str] = mapped_column(Text, default="")  # JSON
+    # Bytes of message and details (UTF-8): what the per-CVM bound counts.
+    size: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
         Index("ix_agent_events_cvm_id_id", "cvm_id", "id"),

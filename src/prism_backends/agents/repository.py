@@ -194,24 +194,50 @@ def events_page(
     return list(rows), int(total or 0)
 
 
-def prune_events(session: Session, *, received_before: datetime, keep_per_cvm: int) -> None:
-    """Forget events past the retention, and each CVM's oldest beyond its bound."""
+def prune_events(
+    session: Session,
+    *,
+    received_before: datetime,
+    bound: tuple[int, int],
+    trim_to: tuple[int, int],
+) -> None:
+    """Forget events past the retention; a CVM past its ``bound`` (events,
+    bytes) keeps its newest, ``trim_to``."""
+    keep_per_cvm, keep_bytes = bound
     session.execute(delete(AgentEvent).where(AgentEvent.received_at < received_before))
     crowded = session.execute(
-        select(AgentEvent.cvm_id).group_by(AgentEvent.cvm_id).having(func.count() > keep_per_cvm)
+        select(AgentEvent.cvm_id)
+        .group_by(AgentEvent.cvm_id)
+        .having((func.count() > keep_per_cvm) | (func.sum(AgentEvent.size) > keep_bytes))
     ).scalars()
     for cvm_id in list(crowded):
-        cutoff = session.scalar(
-            select(AgentEvent.id)
-            .where(AgentEvent.cvm_id == cvm_id)
-            .order_by(AgentEvent.id.desc())
-            .offset(keep_per_cvm - 1)
-            .limit(1)
+        trim_events(session, cvm_id, keep=trim_to[0], keep_bytes=trim_to[1])
+
+
+def trim_events(session: Session, cvm_id: str, *, keep: int, keep_bytes: int) -> None:
+    """System-scoped: keep a CVM's newest ``keep`` events, and of those only as
+    many as fit in ``keep_bytes``."""
+    by_count = session.scalar(
+        select(AgentEvent.id)
+        .where(AgentEvent.cvm_id == cvm_id)
+        .order_by(AgentEvent.id.desc())
+        .offset(keep)
+        .limit(1)
+    )
+    running = (
+        select(
+            AgentEvent.id,
+            func.sum(AgentEvent.size).over(order_by=AgentEvent.id.desc()).label("running"),
         )
-        if cutoff is not None:
-            session.execute(
-                delete(AgentEvent).where(AgentEvent.cvm_id == cvm_id, AgentEvent.id < cutoff)
-            )
+        .where(AgentEvent.cvm_id == cvm_id)
+        .subquery()
+    )
+    by_size = session.scalar(select(func.max(running.c.id)).where(running.c.running > keep_bytes))
+    cutoff = max((found for found in (by_count, by_size) if found is not None), default=None)
+    if cutoff is not None:
+        session.execute(
+            delete(AgentEvent).where(AgentEvent.cvm_id == cvm_id, AgentEvent.id <= cutoff)
+        )
 
 
 def _chunks(items: Sequence[str], size: int = 1000) -> list[Sequence[str]]:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.agents import repository
 from prism_backends.agents.hub import Connection, Hub
+from prism_backends.agents.limits import AgentLimits, EventBounds, cut
 from prism_backends.agents.pki import AgentCA, load_or_create_server_credentials
 from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
 from prism_backends.attestation.service import Appraiser
@@ -83,6 +84,11 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
         ],
     ) -> AsyncIterator[cvms_pb2.ServerStreamMessage]:
         identity = await self._authenticate(context)
+        if not self._hub.admit(identity.cvm_id):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this agent reconnects too often; wait a few seconds",
+            )
         connection = Connection(identity.cvm_id)
         await self._hub.attach(connection)
         reader = asyncio.create_task(self._read(connection, request_iterator))
@@ -136,8 +142,18 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
         hub, cvm_id = self._hub, connection.cvm_id
         kind = message.WhichOneof("message")
         if kind == "agentStateRes":
-            hub.answered(connection, message.agentStateRes.state)
-        elif kind == "agent_log":
+            # Not rate-limited: it is what liveness rests on, and it is tiny.
+            hub.answered(connection, message.agentStateRes.state[:64])
+            return
+        if kind == "vTPMattestationReport":
+            await hub.evidence(cvm_id, message.vTPMattestationReport.file)
+            return
+        if kind == "azureAttestationToken":
+            await hub.azure_token(cvm_id, message.azureAttestationToken.file)
+            return
+        if not hub.allow(cvm_id, message.ByteSize()):
+            return
+        if kind == "agent_log":
             entry = message.agent_log
             hub.record(
                 cvm_id,
@@ -153,12 +169,14 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
                 cvm_id,
                 "event",
                 occurred_at=_when(event),
-                message=event.event_type,
+                message=event.event_type[:255],
                 computation_id=event.computation_id,
                 details={
-                    "status": event.status,
-                    "originator": event.originator,
-                    "details": event.details.decode("utf-8", "replace"),
+                    "status": event.status[:255],
+                    "originator": event.originator[:255],
+                    "details": cut(
+                        event.details.decode("utf-8", "replace"), hub.limits.message_max_bytes
+                    ),
                 },
             )
         elif kind == "run_res":
@@ -178,16 +196,15 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
                 computation_id=stopped.computation_id,
                 message=stopped.message,
             )
-        elif kind == "vTPMattestationReport":
-            await hub.evidence(cvm_id, message.vTPMattestationReport.file)
-        elif kind == "azureAttestationToken":
-            await hub.azure_token(cvm_id, message.azureAttestationToken.file)
 
 
 def _when(message: cvms_pb2.AgentLog | cvms_pb2.AgentEvent) -> datetime | None:
     if not message.HasField("timestamp"):
         return None
     return message.timestamp.ToDatetime(tzinfo=UTC)
+
+
+GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class PortInUse(OSError):
@@ -213,6 +230,13 @@ class AgentsEndpoint:
             heartbeat_seconds=settings.heartbeat_seconds,
             session_ttl_seconds=max(3 * settings.heartbeat_seconds, settings.offline_after_seconds),
             appraiser=appraiser,
+            limits=AgentLimits(
+                message_max_bytes=settings.agent_message_max_bytes,
+                bytes_per_second=settings.agent_bytes_per_second,
+                evidence_max_bytes=settings.evidence_max_bytes,
+                evidence_per_minute=settings.evidence_per_minute,
+            ),
+            bounds=EventBounds(settings.events_per_cvm, settings.events_bytes_per_cvm),
         )
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -233,6 +257,9 @@ class AgentsEndpoint:
                 # gRPC shares ports by default: a second endpoint with another CA
                 # would take half the handshakes. Exclusive unless asked for.
                 ("grpc.so_reuseport", 1 if settings.agents_share_port else 0),
+                # gRPC's own default, said out loud: a larger message ends the
+                # stream; evidence_max_bytes refuses (and records) smaller excess.
+                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
             ]
         )
         cvms_pb2_grpc.add_ServiceServicer_to_server(AgentService(self.hub, self._sessions), server)

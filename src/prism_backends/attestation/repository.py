@@ -63,21 +63,19 @@ def record_accepted(
     )
 
 
-def record_refused(
-    session: Session, cvm_id: str, *, evidence: bytes | None, reason: str, now: datetime
-) -> None:
-    """No token for refused evidence, and the one issued before no longer stands."""
-    values: dict[str, object] = {
-        "attestation_token": "",
-        "attestation_error": reason,
-        "attestations_failed": CVM.attestations_failed + 1,
-        "updated_at": now,
-    }
-    if evidence is not None:
-        values["attestation"] = evidence
+def record_refused(session: Session, cvm_id: str, *, reason: str, now: datetime) -> None:
+    """No token for refused evidence, and the one issued before no longer stands.
+    Nor is the refused evidence kept (an untrusted agent would store what it
+    likes): its digest and size go into the refusal's event."""
     session.execute(
         update(CVM)
         .where(CVM.id == cvm_id, CVM.deleted_at.is_(None))
-        .values(**values)
+        .values(
+            attestation=None,
+            attestation_token="",
+            attestation_error=reason,
+            attestations_failed=CVM.attestations_failed + 1,
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     )

@@ -40,6 +40,7 @@ class AttestationSettings:
     key_rotation: timedelta
     trust_on_first_use: bool
     crl: str = "policy"  # policy | open | closed: see Settings.attestation_crl
+    evidence_max_bytes: int = 262_144
 
 
 class Appraiser:
@@ -78,22 +79,7 @@ class Appraiser:
         if context is None:
             return None
         pinning = context.policy is None and self._settings.trust_on_first_use
-        verdict = appraise(
-            raw,
-            anchors=self._anchors,
-            now=now,
-            policy=context.policy,
-            expected_report_data=hashlib.sha512(context.cert_pem.encode()).digest(),
-            # Cocos' agent puts the vTPM nonce (SHA-256 of its certificate PEM) in
-            # an EAT's eat_nonce, or the report data when it has no vTPM.
-            expected_nonces=(
-                hashlib.sha256(context.cert_pem.encode()).digest(),
-                hashlib.sha512(context.cert_pem.encode()).digest(),
-            ),
-            fetcher=self._fetcher,
-            revocation=self._revocation,
-            corim_keys=self._corim_keys.get(context.provider, ()),
-        )
+        verdict = self._appraise(raw, context, now)
         if verdict.verified and context.policy is None and not pinning:
             verdict = Verdict(
                 verdict.platform,
@@ -128,12 +114,36 @@ class Appraiser:
                 )
                 self._event(session, cvm_id, "attestation_verified", verdict, now)
             else:
-                repository.record_refused(
-                    session, cvm_id, evidence=raw, reason=verdict.reason, now=now
+                repository.record_refused(session, cvm_id, reason=verdict.reason, now=now)
+                self._event(
+                    session, cvm_id, "attestation_failed", verdict, now, evidence=_digest(raw)
                 )
-                self._event(session, cvm_id, "attestation_failed", verdict, now)
         log.info("CVM %s evidence: %s %s", cvm_id, verdict.verified, verdict.reason)
         return verdict
+
+    def _appraise(self, raw: bytes, context: repository.EvidenceContext, now: Any) -> Verdict:
+        cap = self._settings.evidence_max_bytes
+        if len(raw) > cap:
+            return Verdict(
+                "",
+                False,
+                f"the evidence is {len(raw)} bytes, more than the {cap} that a report with "
+                "its certificates, a quote or a vTPM attestation needs (evidence_max_bytes)",
+            )
+        cert_pem = context.cert_pem.encode()
+        return appraise(
+            raw,
+            anchors=self._anchors,
+            now=now,
+            policy=context.policy,
+            expected_report_data=hashlib.sha512(cert_pem).digest(),
+            # Cocos' agent puts the vTPM nonce (SHA-256 of its certificate PEM) in
+            # an EAT's eat_nonce, or the report data when it has no vTPM.
+            expected_nonces=(hashlib.sha256(cert_pem).digest(), hashlib.sha512(cert_pem).digest()),
+            fetcher=self._fetcher,
+            revocation=self._revocation,
+            corim_keys=self._corim_keys.get(context.provider, ()),
+        )
 
     def azure_token(self, cvm_id: str, token: str) -> str | None:
         """Validate an Azure Attestation (MAA) token against its issuer's keys and
@@ -152,7 +162,7 @@ class Appraiser:
                     ],
                 )
             else:
-                repository.record_refused(session, cvm_id, evidence=None, reason=reason, now=now)
+                repository.record_refused(session, cvm_id, reason=reason, now=now)
                 agents_repository.add_events(
                     session,
                     [
@@ -164,6 +174,11 @@ class Appraiser:
         return reason
 
     def _azure_refusal(self, token: str) -> str | None:
+        if len(token) > self._settings.evidence_max_bytes:
+            return (
+                f"the Azure attestation token is {len(token)} bytes, more than the "
+                f"{self._settings.evidence_max_bytes} accepted (evidence_max_bytes)"
+            )
         if not self._azure_keys and self._azure_jwks is None:
             return (
                 "no Azure Attestation keys are configured "
@@ -191,15 +206,30 @@ class Appraiser:
             log.warning("the Azure Attestation JWKS could not be fetched: %s", exc)
             return None
 
-    def _event(self, session: Session, cvm_id: str, kind: str, verdict: Verdict, now: Any) -> None:
-        details = verdict.as_json()
+    def _event(
+        self,
+        session: Session,
+        cvm_id: str,
+        kind: str,
+        verdict: Verdict,
+        now: Any,
+        *,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        details = verdict.as_json() | (evidence or {})
         message = "evidence verified" if verdict.verified else verdict.reason
         agents_repository.add_events(session, [_event_row(cvm_id, kind, message, details, now)])
+
+
+def _digest(raw: bytes) -> dict[str, Any]:
+    """What is kept of refused evidence: enough to recognise it, not the bytes."""
+    return {"evidence_sha256": hashlib.sha256(raw).hexdigest(), "evidence_bytes": len(raw)}
 
 
 def _event_row(
     cvm_id: str, kind: str, message: str, details: dict[str, Any], now: Any
 ) -> dict[str, object]:
+    details_json = json.dumps(details, default=str)
     return {
         "cvm_id": cvm_id,
         "kind": kind,
@@ -208,5 +238,6 @@ def _event_row(
         "level": "info" if kind != "attestation_failed" else "error",
         "message": message,
         "computation_id": "",
-        "details": json.dumps(details, default=str),
+        "details": details_json,
+        "size": len(message.encode()) + len(details_json.encode()),
     }

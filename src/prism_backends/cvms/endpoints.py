@@ -104,10 +104,17 @@ def list_cvms(
     ] = None,
     days: Annotated[str | None, Query(description="Created within the last N days.")] = None,
     cc_platform: Annotated[str | None, Query(description="sev-snp or tdx.")] = None,
+    include: Annotated[
+        str | None,
+        Query(
+            description="'attestation' to carry each CVM's evidence; without it lists leave "
+            "'attestation' empty (View always carries it)."
+        ),
+    ] = None,
 ) -> CVMPage:
     service.check_domain(domain_id, domain_query)
     with unit_of_work(runtime.sessions) as session:
-        rows, total, page_limit, page_offset = service.list_cvms(
+        listing = service.list_cvms(
             principal,
             session,
             domain_id=domain_id,
@@ -117,9 +124,10 @@ def list_cvms(
             status=status,
             days=days,
             cc_platform=cc_platform,
+            include=include,
         )
-        cvms = [CVMOut.of(row) for row in rows]
-    return CVMPage(cvms=cvms, total=total, limit=page_limit, offset=page_offset)
+        cvms = [CVMOut.of(row, with_evidence=listing.with_evidence) for row in listing.rows]
+    return CVMPage(cvms=cvms, total=listing.total, limit=listing.limit, offset=listing.offset)
 
 
 @router.get(

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from prism_backends.cvms.models import CVM
 from prism_backends.errors import Conflict
@@ -67,12 +67,20 @@ def add(session: Session, cvm: CVM) -> None:
 
 
 def list_page(
-    session: Session, domain_id: str, filters: ListFilters, *, limit: int, offset: int
+    session: Session,
+    domain_id: str,
+    filters: ListFilters,
+    *,
+    limit: int,
+    offset: int,
+    with_evidence: bool = False,
 ) -> tuple[list[CVM], int]:
     """One page, newest first, and the count of every match.
 
     The page's ids are chosen first, from the index alone, and only those rows
     are read whole: a deep offset then skips index entries, not table rows.
+    Evidence blobs are read only when asked for (``CVM.attestation`` is then
+    not loaded: read it and the session loads it, one query per row).
     """
     newest_first = (CVM.created_at.desc(), CVM.id.desc())
     page_ids = (
@@ -82,9 +90,10 @@ def list_page(
         .offset(offset)
         .scalar_subquery()
     )
-    page = session.scalars(
-        select(CVM).where(CVM.domain_id == domain_id, CVM.id.in_(page_ids)).order_by(*newest_first)
-    ).all()
+    query = select(CVM).where(CVM.domain_id == domain_id, CVM.id.in_(page_ids))
+    if not with_evidence:
+        query = query.options(defer(CVM.attestation))
+    page = session.scalars(query.order_by(*newest_first)).all()
     total = session.scalar(_filtered(select(func.count()).select_from(CVM), domain_id, filters))
     return list(page), int(total or 0)
 

@@ -18,14 +18,12 @@ MAX_NAME_LENGTH = 255
 
 
 def rfc3339(moment: datetime | None) -> str:
-    """UTC with a ``Z``; Go's zero time for 'never', as the source document shows."""
+    """UTC with a ``Z``, in whole seconds (cut, never rounded up into the
+    future) as the source document shows them; Go's zero time for 'never'.
+    Every route renders its times with this, so they all look alike."""
     if moment is None:
         return GO_ZERO_TIME
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") + _fraction(moment) + "Z"
-
-
-def _fraction(moment: datetime) -> str:
-    return f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
@@ -104,7 +102,10 @@ class CVMOut(BaseModel):
     updated_at: str
 
     @classmethod
-    def of(cls, cvm: CVM) -> CVMOut:
+    def of(cls, cvm: CVM, *, with_evidence: bool = True) -> CVMOut:
+        """The wire form; ``with_evidence=False`` leaves ``attestation`` empty
+        (lists do unless asked, and do not load it)."""
+        evidence = cvm.attestation if with_evidence else None
         return cls(
             id=cvm.id,
             name=cvm.name,
@@ -116,7 +117,7 @@ class CVMOut(BaseModel):
             deleted_at=rfc3339(cvm.deleted_at),
             provider=cvm.provider,
             vcpus=cvm.vcpus,
-            attestation=base64.b64encode(cvm.attestation).decode() if cvm.attestation else "",
+            attestation=base64.b64encode(evidence).decode() if evidence else "",
             attestation_token=cvm.attestation_token,
             agent_log_level=cvm.agent_log_level,
             monthly_cost_estimate=format_usd(cvm.monthly_cost_cents),
@@ -153,8 +154,9 @@ class StatsOut(BaseModel):
     cvm_stats: list[StatSample]
     attestation: AttestationStats
     total: int = Field(description="Samples in the window, not just this page.")
-    uptime: float | None = Field(
-        description="Fraction of samples in the window with the agent up; null without samples."
+    uptime: float = Field(
+        description="Fraction of samples in the window with the agent up; 0 while there are "
+        "none (total 0), so it is always a number."
     )
 
 

@@ -233,6 +233,15 @@ def _idempotent_replay(session: Session, domain_id: str, key: str, digest: str) 
     return existing
 
 
+@dataclass(frozen=True)
+class CVMListing:
+    rows: list[CVM]
+    total: int
+    limit: int
+    offset: int
+    with_evidence: bool
+
+
 def list_cvms(
     principal: Principal,
     session: Session,
@@ -244,7 +253,10 @@ def list_cvms(
     status: str | None,
     days: str | None,
     cc_platform: str | None,
-) -> tuple[list[CVM], int, int, int]:
+    include: str | None = None,
+) -> CVMListing:
+    """One page of the domain's CVMs. Their evidence blobs (``attestation``)
+    are left empty unless ``include=attestation`` asks for them."""
     principal.require(domain_id, Permission.READ)
     page_limit, page_offset = parse_page(limit, offset)
     if name is not None and not name.isprintable():
@@ -258,10 +270,31 @@ def list_cvms(
         cc_platform=_parse_filter_platform(cc_platform),
         created_after=_parse_days(days),
     )
+    with_evidence = _wants_evidence(include)
     rows, total = repository.list_page(
-        session, domain_id, filters, limit=page_limit, offset=page_offset
+        session,
+        domain_id,
+        filters,
+        limit=page_limit,
+        offset=page_offset,
+        with_evidence=with_evidence,
     )
-    return rows, total, page_limit, page_offset
+    return CVMListing(rows, total, page_limit, page_offset, with_evidence)
+
+
+LIST_INCLUDES = ("attestation",)
+
+
+def _wants_evidence(include: str | None) -> bool:
+    """``include`` is a comma-separated list of what lists leave out by default."""
+    asked = {part.strip().lower() for part in (include or "").split(",") if part.strip()}
+    unknown = sorted(asked - set(LIST_INCLUDES))
+    if unknown:
+        raise BadRequest(
+            f"unknown {', '.join(map(repr, unknown))}; accepted: {', '.join(LIST_INCLUDES)}",
+            field="include",
+        )
+    return "attestation" in asked
 
 
 def _parse_status(raw: str | None) -> Status | None:
@@ -316,7 +349,7 @@ def delete_cvm(principal: Principal, session: Session, *, domain_id: str, cvm_id
 class StatisticsPage:
     samples: list[tuple[str, Sample]]  # (sample id, sample), newest first
     total: int
-    uptime: float | None
+    uptime: float
     cvm: CVM
 
 
@@ -348,7 +381,7 @@ def get_statistics(
     return StatisticsPage(
         samples=window[page_offset : page_offset + page_limit],
         total=len(window),
-        uptime=(up / len(window)) if window else None,
+        uptime=(up / len(window)) if window else 0.0,
         cvm=cvm,
     )
 

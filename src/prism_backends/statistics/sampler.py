@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.agents import repository as agents_repository
+from prism_backends.agents.limits import EventBounds
 from prism_backends.config import Settings
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
@@ -81,9 +82,11 @@ class Sampler:
         keep_from = now - timedelta(days=settings.stats_retention_days)
         with unit_of_work(self._sessions) as session:
             repository.prune(session, before_day=keep_from.date(), slots_before=keep_from)
+            bounds = EventBounds(settings.events_per_cvm, settings.events_bytes_per_cvm)
             agents_repository.prune_events(
                 session,
                 received_before=now - timedelta(days=settings.events_retention_days),
-                keep_per_cvm=settings.events_per_cvm,
+                bound=(bounds.count, bounds.size),
+                trim_to=(bounds.trim_count, bounds.trim_size),
             )
         self._last_prune = now
