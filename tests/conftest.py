@@ -31,6 +31,9 @@ from prism_backends.runtime import Runtime
 # Real host-manager processes (with a QEMU stand-in), for manager and driver tests.
 pytest_plugins = ("tests.manager.processes",)
 
+# Real service processes (tests/served.py): its fixtures, for every test.
+pytest_plugins = ("tests.served",)
+
 POSTGRES_ENV = "PRISM_BACKENDS_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 TABLES = (
@@ -117,7 +120,14 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_settings(data_dir: Path, database_url: str) -> Callable[..., Settings]:
     def _make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"data_dir": data_dir, "database_url": database_url}
+        # The test client is not loopback: without this every test would share
+        # one client's rate. tests/http/test_rate_limits.py turns them on.
+        values: dict[str, Any] = {
+            "data_dir": data_dir,
+            "database_url": database_url,
+            "rate_limit_per_source": 0,
+            "rate_limit_per_principal": 0,
+        }
         values.update(overrides)
         return Settings(**values)
 

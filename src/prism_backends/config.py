@@ -112,6 +112,25 @@ class Settings(LayeredSettings):
         True, description="Trust tokens signed by the key in DATA_DIR (token issue)."
     )
 
+    # Rate limits of the HTTP API (per process).
+    rate_limit_per_source: float = Field(
+        50.0,
+        ge=0,
+        description="Requests a second one client address may make (bursts of ten seconds' "
+        "worth); past it, 429 with Retry-After. 0: no limit.",
+    )
+    rate_limit_per_principal: float = Field(
+        20.0,
+        ge=0,
+        description="Requests a second one token subject may make (bursts of ten seconds' "
+        "worth); past it, 429 with Retry-After. 0: no limit.",
+    )
+    rate_limit_loopback: bool = Field(
+        False,
+        description="Limit loopback clients too (off: the embedded default's own user and "
+        "local tools are not limited; a proxy on this host should forward client addresses).",
+    )
+
     # Lifecycle workers.
     worker_concurrency: int = Field(4, ge=1, le=256, description="CVMs one worker handles at once.")
     lease_seconds: float = Field(

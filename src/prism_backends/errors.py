@@ -70,3 +70,7 @@ class TooManyRequests(AppError):
 class StoreUnavailable(AppError):
     status_code = 503
     code = "store_unavailable"
+    retry_after_seconds = 2  # a restart or failover is usually that quick to begin answering
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": str(self.retry_after_seconds)})

@@ -1,4 +1,5 @@
-"""The pure budgets and cuts that bound what one agent may make the service keep."""
+"""The pure budgets and cuts that bound what one agent may make the service keep,
+and the keyed limiter of HTTP requests built on the same buckets."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from prism_backends.agents.limits import (
     MIN_MESSAGE_COST,
     AgentLimits,
     Budget,
-    TokenBucket,
     cut,
 )
+from prism_backends.buckets import KeyedLimiter, TokenBucket
 
 
 def test_a_bucket_spends_what_it_has_and_refills_at_its_rate() -> None:
@@ -68,3 +69,21 @@ def test_a_budget_is_idle_once_refilled_and_reported() -> None:
     budget.allow_message(4096, now=0.0)
     assert not budget.idle(now=1.0)
     assert budget.idle(now=5.0)
+
+
+def test_a_keyed_limiter_limits_each_key_apart_and_says_when_to_retry() -> None:
+    limiter = KeyedLimiter(rate=2, burst=3)
+    assert [limiter.retry_after("a", now=0.0) for _ in range(4)] == [None, None, None, 1]
+    assert limiter.retry_after("b", now=0.0) is None  # another key, its own bucket
+    assert limiter.retry_after("a", now=0.5) is None  # one back after half a second
+    slow = KeyedLimiter(rate=0.1, burst=1)
+    assert slow.retry_after("a", now=0.0) is None
+    assert slow.retry_after("a", now=0.0) == 10
+
+
+def test_a_keyed_limiter_remembers_a_bounded_number_of_keys() -> None:
+    limiter = KeyedLimiter(rate=1, burst=1, max_keys=2)
+    for key in ("a", "b", "c"):
+        assert limiter.retry_after(key, now=0.0) is None
+    assert limiter.retry_after("c", now=0.0) == 1  # remembered
+    assert limiter.retry_after("a", now=0.0) is None  # forgotten: a full bucket again

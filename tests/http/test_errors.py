@@ -60,9 +60,14 @@ def test_openapi_documents_every_route_and_error_body(client: TestClient) -> Non
         for method, operation in operations.items():
             if path.endswith(("/health", "/.well-known/jwks.json")):
                 continue  # public
-            assert "401" in operation["responses"], (method, path)
+            assert {"401", "429", "503"} <= set(operation["responses"]), (method, path)
             error = operation["responses"]["401"]["content"]["application/json"]["schema"]
             assert error["$ref"].endswith("/ErrorOut")
+
+
+def test_no_viewer_that_needs_a_cdn_is_served(client: TestClient) -> None:
+    assert client.get("/backends/docs").status_code == 404
+    assert client.get("/backends/openapi.json").status_code == 200
 
 
 def test_jwks_is_public(client: TestClient) -> None:

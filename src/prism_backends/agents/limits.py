@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prism_backends.buckets import TokenBucket
+
 # A message costs at least this much of the byte budget: a flood of empty
 # messages still costs rows and round trips.
 MIN_MESSAGE_COST = 256
@@ -50,37 +52,6 @@ class EventBounds:
     def crowded(self, gained_count: int, gained_size: int) -> bool:
         """Having gained this much since its last trim, a CVM may reach a bound."""
         return gained_count >= self.count // 4 or gained_size >= self.size // 4
-
-
-@dataclass
-class TokenBucket:
-    """``capacity`` tokens, refilled at ``rate`` per second; time is given, not read."""
-
-    capacity: float
-    rate: float
-    tokens: float = field(default=-1.0)
-    updated: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.tokens < 0:
-            self.tokens = self.capacity
-
-    def take(self, amount: float, now: float) -> bool:
-        """Spend ``amount`` if it is there; False (nothing spent) if not."""
-        self._refill(now)
-        if self.tokens < amount:
-            return False
-        self.tokens -= amount
-        return True
-
-    def full(self, now: float) -> bool:
-        self._refill(now)
-        return self.tokens >= self.capacity
-
-    def _refill(self, now: float) -> None:
-        if now > self.updated:
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
 
 
 @dataclass

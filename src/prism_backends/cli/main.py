@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sqlite3
 import threading
 from datetime import timedelta
@@ -125,13 +126,30 @@ def _serve_http(runtime: Runtime) -> None:
         server_header=False,
     )
     access_log.install()
-    log.info("HTTP API on http://%s:%d%s", settings.host, settings.port, settings.base_path)
     # uvicorn raises the signal that stopped it again once it is done: let that
     # reach a no-op, so that this process's own shutdown (the workers, a local
     # manager) runs instead of the process dying at once.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _already_handled)
-    uvicorn.Server(config).run()
+    _HttpServer(config, settings.base_path).run()
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn's server, saying where it listens once it does (not before the bind)."""
+
+    def __init__(self, config: uvicorn.Config, base_path: str) -> None:
+        super().__init__(config)
+        self._base_path = base_path
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return  # the bind failed; uvicorn said why
+        for server in self.servers:
+            for bound in server.sockets:
+                host, port = bound.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                log.info("HTTP API on http://%s:%d%s", shown, port, self._base_path)
 
 
 def _already_handled(_signum: int, _frame: object) -> None:

@@ -14,6 +14,7 @@ from prism_backends.attestation.endpoints import router as attestation_router
 from prism_backends.cvms.endpoints import router as cvms_router
 from prism_backends.http.errors import install_error_handlers
 from prism_backends.http.head import HeadAsGet
+from prism_backends.http.ratelimit import RequestLimits, SourceLimit
 from prism_backends.runtime import Runtime
 
 
@@ -29,14 +30,19 @@ def create_app(runtime: Runtime) -> FastAPI:
         description="Confidential VMs (AMD SEV-SNP, Intel TDX) on Azure, GCP, AWS, "
         "Ultraviolet hosts or the tenant's own machines.",
         openapi_url=f"{base}/openapi.json",
-        docs_url=f"{base}/docs",
+        # No Swagger UI: FastAPI's loads its scripts from a CDN, blank offline.
+        # The document itself is served; any OpenAPI viewer renders it.
+        docs_url=None,
         redoc_url=None,
         # /cvms/ is not /cvms: answer 404 rather than redirect (a redirected POST
         # would create from a path the client did not send).
         redirect_slashes=False,
     )
     app.state.runtime = runtime
+    limits = RequestLimits.from_settings(runtime.settings)
+    app.state.limits = limits
     app.add_middleware(HeadAsGet)
+    app.add_middleware(SourceLimit, limits=limits)  # added last: runs first
     install_error_handlers(app)
     app.include_router(cvms_router, prefix=base)
     app.include_router(agents_router, prefix=base)

@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from prism_backends.auth.principal import Principal
 from prism_backends.errors import AppError, Unauthenticated
+from prism_backends.http.ratelimit import RequestLimits
 from prism_backends.runtime import Runtime
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from `prism-backends token issue`.")
@@ -31,7 +32,10 @@ def get_principal(
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-    return runtime.verifier.verify(token)
+    principal = runtime.verifier.verify(token)
+    limits: RequestLimits = request.app.state.limits
+    limits.check_principal(request.client.host if request.client else None, principal.subject)
+    return principal
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

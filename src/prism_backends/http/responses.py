@@ -6,7 +6,7 @@ from typing import Any
 
 from prism_backends.cvms.schemas import ErrorOut
 
-COMMON_ERRORS = (400, 401, 403, 503)
+COMMON_ERRORS = (400, 401, 403, 429, 503)
 
 _DESCRIPTIONS = {
     400: "Bad input; the message names the field.",
@@ -16,7 +16,8 @@ _DESCRIPTIONS = {
     409: "Conflict; the message says why.",
     413: "The body is larger than 64 KiB.",
     415: "The body is not application/json.",
-    503: "The store is unavailable.",
+    429: "Too many requests from this address or token; Retry-After says when to retry.",
+    503: "The store is unavailable; Retry-After says when to retry.",
 }
 
 
