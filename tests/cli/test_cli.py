@@ -327,6 +327,7 @@ COMMON = {
     "--config": "TOML config file",
     "--data-dir": "Data directory for the SQLite store and keys",
     "--database-url": "postgresql+psycopg://",
+    "--set": "Any setting by its name",
 }
 SERVER = {
     **COMMON,
@@ -732,3 +733,78 @@ def test_token_issue_refuses_a_lifetime_beyond_the_cap(runner: CliRunner, data_d
         ).exit_code
         == 0
     )
+
+
+# --- every setting: --set and 'settings' -----------------------------------------------
+
+
+def test_settings_lists_every_setting_with_its_help_as_a_config_file(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    result = invoke(runner, "settings", "--data-dir", str(tmp_path / "d"))
+    assert result.exit_code == 0, result.output
+    for name, field in Settings.model_fields.items():
+        assert re.search(rf"^#? ?{name} =", result.stdout, re.M), name
+        assert f"env: PRISM_BACKENDS_{name.upper()}" in result.stdout
+        assert (field.description or "").split()[0] in result.stdout
+    written = tmp_path / "settings.toml"
+    written.write_text(result.stdout)
+    again = invoke(runner, "settings", "--config", str(written))
+    assert again.exit_code == 0, again.output
+    assert again.stdout == result.stdout  # its output is a config file meaning the same
+
+
+def test_set_gives_any_setting_a_flag(runner: CliRunner, data_dir: Path) -> None:
+    result = invoke(
+        runner,
+        "settings",
+        "--data-dir",
+        str(data_dir),
+        "--set",
+        "rate_limit_per_source=7",
+        "--set",
+        'jwt-algorithms=["ES256", "EdDSA"]',
+        "--set",
+        "attestation_crl=closed",
+    )
+    assert result.exit_code == 0, result.output
+    assert "rate_limit_per_source = 7.0" in result.stdout
+    assert 'jwt_algorithms = ["ES256", "EdDSA"]' in result.stdout
+    assert 'attestation_crl = "closed"' in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("item", "fragments"),
+    [
+        ("rate_limit_per_sourc=7", ("no setting", "did you mean rate_limit_per_source")),
+        ("port", ("NAME=VALUE",)),
+        ("port=eighty", ("port", "valid integer")),
+        ("jwt_algorithms=EdDSA", ("not JSON",)),
+    ],
+)
+def test_a_bad_set_is_a_usage_error_naming_it(
+    runner: CliRunner, data_dir: Path, item: str, fragments: tuple[str, ...]
+) -> None:
+    result = invoke(runner, "settings", "--data-dir", str(data_dir), "--set", item)
+    assert_usage_error(result, *fragments)
+
+
+def test_a_named_flag_beats_set(runner: CliRunner, data_dir: Path) -> None:
+    result = invoke(
+        runner, "settings", "--set", f"data_dir={data_dir}-set", "--data-dir", str(data_dir)
+    )
+    assert f'data_dir = "{data_dir}"' in result.stdout
+
+
+def test_settings_shows_no_secret(runner: CliRunner, data_dir: Path) -> None:
+    result = invoke(
+        runner,
+        "settings",
+        "--database-url",
+        "postgresql+psycopg://prism:hunter2@db/prism",
+        "--set",
+        "agents_key_encryption_key=" + "A" * 44,
+    )
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.stdout and "A" * 44 not in result.stdout
+    assert "postgresql+psycopg://prism:***@db/prism" in result.stdout

@@ -30,10 +30,12 @@ from prism_backends.cli.options import (
     DatabaseUrlOpt,
     DataDirOpt,
     LogLevelOpt,
+    SetOpt,
     parse_duration,
     settings_from,
     setup_logging,
 )
+from prism_backends.cli.settings import settings_command
 from prism_backends.config import Settings
 from prism_backends.datadir import DataDirError
 from prism_backends.db import migrate as migrations
@@ -63,6 +65,7 @@ token_app = typer.Typer(
 app.add_typer(token_app, name="token")
 app.add_typer(attestation_app, name="attestation")
 app.add_typer(manager_app, name="manager")
+app.command("settings")(settings_command)
 
 HostOpt = Annotated[
     str | None,
@@ -174,12 +177,14 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    sets: SetOpt = None,
 ) -> None:
     """Run everything in one process: migrate the store, then the HTTP API, the agents'
     endpoint, the lifecycle workers and the uptime sampler (and, with --local-manager,
     a host manager beside them)."""
     settings = settings_from(
         config,
+        sets=sets,
         host=host,
         port=port,
         agents_port=agents_port,
@@ -243,10 +248,12 @@ def api(
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     log_level: LogLevelOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Run only the HTTP API (run any number, on PostgreSQL, beside 'worker')."""
     settings = settings_from(
         config,
+        sets=sets,
         host=host,
         port=port,
         data_dir=data_dir,
@@ -277,10 +284,12 @@ def worker(
             help="CVMs handled at once [env: PRISM_BACKENDS_WORKER_CONCURRENCY; default: 4].",
         ),
     ] = None,
+    sets: SetOpt = None,
 ) -> None:
     """Run only the lifecycle workers (run any number, on PostgreSQL)."""
     settings = settings_from(
         config,
+        sets=sets,
         data_dir=data_dir,
         database_url=database_url,
         log_level=log_level,
@@ -318,10 +327,12 @@ def agents(
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     log_level: LogLevelOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Run only the agents' gRPC endpoint (run several replicas, on PostgreSQL)."""
     settings = settings_from(
         config,
+        sets=sets,
         agents_port=agents_port,
         data_dir=data_dir,
         database_url=database_url,
@@ -393,9 +404,10 @@ def migrate(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Apply the database migrations to the configured store."""
-    settings = settings_from(config, data_dir=data_dir, database_url=database_url)
+    settings = settings_from(config, sets=sets, data_dir=data_dir, database_url=database_url)
     runtime = _runtime(settings)
     _migrate_or_exit(runtime)
     typer.echo(f"store is at schema {migrations.current_revision(runtime.engine)}", err=True)
@@ -408,13 +420,14 @@ def backup(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Copy the embedded SQLite store while the service runs (an online backup).
 
     To restore: stop the service, put the copy at DATA_DIR/prism-backends.db
     (removing any -wal and -shm files beside it), start again. For PostgreSQL
     use pg_dump and pg_restore."""
-    settings = settings_from(config, data_dir=data_dir, database_url=database_url)
+    settings = settings_from(config, sets=sets, data_dir=data_dir, database_url=database_url)
     if settings.database_url is not None:
         typer.echo("error: the store is PostgreSQL: back it up with pg_dump", err=True)
         raise typer.Exit(2)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
 import re
 import tomllib
+import typing
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -65,12 +68,56 @@ LogLevelOpt = Annotated[
 ]
 
 
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="NAME=VALUE",
+        help="Any setting by its name, as in the config file (repeatable; lists as JSON): "
+        "e.g. --set rate_limit_per_source=100. 'prism-backends settings' lists them all.",
+        show_default=False,
+    ),
+]
+
 SettingsT = TypeVar("SettingsT")
 
 
-def settings_from(config: Path | None, **flags: Any) -> Settings:
-    """Settings from flags, environment and config file, or a clean exit on bad values."""
-    return loaded_or_exit(load_settings, config, **flags)
+def settings_from(config: Path | None, sets: list[str] | None = None, **flags: Any) -> Settings:
+    """Settings from flags (a named flag beats ``--set``), environment and config
+    file, or a clean exit on bad values."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    return loaded_or_exit(load_settings, config, **{**parse_sets(sets), **given})
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set NAME=VALUE`` pairs as setting values (JSON for lists and maps)."""
+    values: dict[str, Any] = {}
+    for item in items or ():
+        name, equals, raw = item.partition("=")
+        name = name.strip().lower().replace("-", "_")
+        if not equals or not name:
+            raise typer.BadParameter(f"{item!r}: use NAME=VALUE", param_hint="--set")
+        field = Settings.model_fields.get(name)
+        if field is None:
+            near = difflib.get_close_matches(name, Settings.model_fields, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise typer.BadParameter(
+                f"no setting {name!r}{hint}; 'prism-backends settings' lists them",
+                param_hint="--set",
+            )
+        values[name] = _typed(name, raw.strip(), field.annotation)
+    return values
+
+
+def _typed(name: str, raw: str, annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (list, dict) or annotation in (list, dict):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            raise typer.BadParameter(
+                f"{name}: {raw!r} is not JSON (e.g. '[\"EdDSA\"]')", param_hint="--set"
+            ) from None
+    return raw
 
 
 def loaded_or_exit(
