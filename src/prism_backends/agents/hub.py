@@ -27,6 +27,7 @@ from prism_backends.agents.proto import cvms_pb2
 from prism_backends.attestation.service import Appraiser
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
+from prism_backends.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,29 @@ class Connection:
     """One agent's open stream on this replica."""
 
     cvm_id: str
-    outbox: asyncio.Queue[cvms_pb2.ServerStreamMessage] = field(default_factory=asyncio.Queue)
+    # None ends the stream without disconnectReq: the agent reconnects (see drop).
+    outbox: asyncio.Queue[cvms_pb2.ServerStreamMessage | None] = field(
+        default_factory=asyncio.Queue
+    )
     last_state: str = ""
     closing: bool = False
+    drop_reason: str = ""
 
     def send(self, message: cvms_pb2.ServerStreamMessage) -> None:
         self.outbox.put_nowait(message)
 
     def disconnect(self, reason: str) -> None:
+        """Tell the agent to go (its CVM was deleted, or a newer stream took over)."""
         if not self.closing:
             self.closing = True
             self.send(cvms_pb2.ServerStreamMessage(disconnectReq=cvms_pb2.DisconnectReq(id=reason)))
+
+    def drop(self, reason: str) -> None:
+        """End the stream so that the agent reconnects, perhaps to another replica."""
+        if not self.closing:
+            self.closing = True
+            self.drop_reason = reason
+            self.outbox.put_nowait(None)
 
 
 def state_request() -> cvms_pb2.ServerStreamMessage:
@@ -79,6 +92,7 @@ class Hub:
         self._bounds = bounds or EventBounds()
         self._clock = clock
         self._budgets: dict[str, Budget] = {}
+        self._store_reached = clock()  # when a heartbeat last reached the store
         self._gained: dict[str, list[int]] = {}  # cvm id -> [events, bytes] since its trim
         self.replica = replica
         self._heartbeat = heartbeat_seconds
@@ -125,11 +139,16 @@ class Hub:
             previous.disconnect("replaced by a newer connection of the same agent")
         self._connections[connection.cvm_id] = connection
         now = utcnow()
-        await self._db(
-            lambda s: repository.open_session(
-                s, connection.cvm_id, self.replica, now, now + self._ttl
+        try:
+            await self._db(
+                lambda s: repository.open_session(
+                    s, connection.cvm_id, self.replica, now, now + self._ttl
+                )
             )
-        )
+        except BaseException:
+            if self._connections.get(connection.cvm_id) is connection:
+                del self._connections[connection.cvm_id]
+            raise
         self.record(connection.cvm_id, "connected", message="agent connected")
         connection.send(state_request())
 
@@ -141,10 +160,15 @@ class Hub:
         self.record(connection.cvm_id, "disconnected", message="agent disconnected")
         now = utcnow()
         # Shielded: gRPC cancels the handler when the agent hangs up, and the
-        # session must be closed all the same.
-        await asyncio.shield(
-            self._db(lambda s: repository.close_session(s, connection.cvm_id, self.replica, now))
-        )
+        # session must be closed all the same. Without the store it expires.
+        try:
+            await asyncio.shield(
+                self._db(
+                    lambda s: repository.close_session(s, connection.cvm_id, self.replica, now)
+                )
+            )
+        except StoreUnavailable:
+            log.warning("agent %s: its session could not be closed; it expires", connection.cvm_id)
 
     # --- what agents say ---------------------------------------------------------
 
@@ -215,6 +239,8 @@ class Hub:
             await asyncio.sleep(seconds)
             try:
                 await step()
+            except StoreUnavailable:
+                log.warning("agents endpoint: %s waits for the store", step.__name__)
             except Exception:
                 log.exception("agents endpoint: %s failed", getattr(step, "__name__", step))
 
@@ -271,26 +297,50 @@ class Hub:
 
     async def heartbeat(self) -> None:
         """Ask every agent for its state, keep our sessions alive, and send
-        disconnectReq to the agents of CVMs deleted meanwhile."""
+        disconnectReq to the agents of CVMs deleted meanwhile.
+
+        A replica that cannot reach the store for half its sessions' lifetime
+        drops its streams, so that their agents reconnect, perhaps to a
+        healthy replica, before their sessions expire and they turn offline."""
         self._forget_idle_budgets()
         cvm_ids = list(self._connections)
         if not cvm_ids:
+            self._store_reached = self._clock()
             return
-        expires = utcnow() + self._ttl
+        now = utcnow()
 
-        def renew(session: Session) -> set[str]:
-            repository.renew_sessions(session, self.replica, cvm_ids, expires)
-            return repository.deleted_among(session, cvm_ids)
+        def renew(session: Session) -> tuple[repository.Renewal, set[str]]:
+            renewal = repository.renew_sessions(
+                session, self.replica, cvm_ids, now, now + self._ttl
+            )
+            return renewal, repository.deleted_among(session, cvm_ids)
 
-        deleted = await self._db(renew)
+        try:
+            renewal, deleted = await self._db(renew)
+        except StoreUnavailable:
+            if self._clock() - self._store_reached > self._ttl.total_seconds() / 2:
+                self._drop_all("this replica cannot reach the store")
+            raise
+        self._store_reached = self._clock()
+        if renewal.reopened:
+            log.info("agents endpoint: %d sessions opened again", len(renewal.reopened))
         for cvm_id in cvm_ids:
             connection = self._connections.get(cvm_id)
             if connection is None or connection.closing:
                 continue
             if cvm_id in deleted:
                 connection.disconnect("the CVM was deleted")
+            elif cvm_id in renewal.elsewhere:
+                connection.drop("a newer stream of this agent is on another replica")
             else:
                 connection.send(state_request())
+
+    def _drop_all(self, reason: str) -> None:
+        streams = [c for c in self._connections.values() if not c.closing]
+        if streams:
+            log.warning("agents endpoint: %s; dropping %d streams", reason, len(streams))
+        for connection in streams:
+            connection.drop(f"{reason}; reconnect")
 
     def _forget_idle_budgets(self) -> None:
         now = self._clock()

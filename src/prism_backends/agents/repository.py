@@ -81,10 +81,24 @@ def open_session(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What renewing a replica's sessions found."""
+
+    reopened: frozenset[str]  # reaped meanwhile (the store was out of reach): opened again
+    elsewhere: frozenset[str]  # another replica holds a newer stream of the same agent
+
+
 def renew_sessions(
-    session: Session, replica: str, cvm_ids: Sequence[str], expires_at: datetime
-) -> None:
-    """Keep this replica's open streams alive (their agents may be slow to answer)."""
+    session: Session, replica: str, cvm_ids: Sequence[str], now: datetime, expires_at: datetime
+) -> Renewal:
+    """Keep this replica's open streams alive (their agents may be slow to answer).
+
+    A session reaped while this replica could not reach the store is opened
+    again: its agent is still connected here, and its next answer makes the
+    CVM running again."""
+    reopened: set[str] = set()
+    elsewhere: set[str] = set()
     for chunk in _chunks(cvm_ids):
         session.execute(
             update(AgentSession)
@@ -92,6 +106,23 @@ def renew_sessions(
             .values(expires_at=expires_at)
             .execution_options(synchronize_session=False)
         )
+        rows = session.execute(
+            select(AgentSession.cvm_id, AgentSession.replica).where(AgentSession.cvm_id.in_(chunk))
+        )
+        holders = {cvm_id: holder for cvm_id, holder in rows}
+        elsewhere.update(cvm_id for cvm_id, holder in holders.items() if holder != replica)
+        for cvm_id in sorted(set(chunk) - set(holders)):
+            session.add(
+                AgentSession(
+                    cvm_id=cvm_id,
+                    replica=replica,
+                    connected_at=now,
+                    last_seen_at=None,
+                    expires_at=expires_at,
+                )
+            )
+            reopened.add(cvm_id)
+    return Renewal(frozenset(reopened), frozenset(elsewhere))
 
 
 def mark_answered(session: Session, replica: str, cvm_ids: Sequence[str], now: datetime) -> None:

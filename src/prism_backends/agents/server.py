@@ -30,8 +30,12 @@ from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
 from prism_backends.attestation.service import Appraiser
 from prism_backends.config import Settings
 from prism_backends.db.engine import unit_of_work
+from prism_backends.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+STORE_UNAVAILABLE = "this replica cannot reach its store now; reconnect"
 
 
 class Refused(Exception):
@@ -83,16 +87,20 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
             cvms_pb2.ClientStreamMessage, cvms_pb2.ServerStreamMessage
         ],
     ) -> AsyncIterator[cvms_pb2.ServerStreamMessage]:
-        identity = await self._authenticate(context)
-        if not self._hub.admit(identity.cvm_id):
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "this agent reconnects too often; wait a few seconds",
-            )
-        connection = Connection(identity.cvm_id)
-        await self._hub.attach(connection)
+        try:
+            identity = await self._authenticate(context)
+            if not self._hub.admit(identity.cvm_id):
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "this agent reconnects too often; wait a few seconds",
+                )
+            connection = Connection(identity.cvm_id)
+            await self._hub.attach(connection)
+        except StoreUnavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
+            raise  # abort raises; this keeps the type checker informed
         reader = asyncio.create_task(self._read(connection, request_iterator))
-        outgoing: asyncio.Future[cvms_pb2.ServerStreamMessage] | None = None
+        outgoing: asyncio.Future[cvms_pb2.ServerStreamMessage | None] | None = None
         try:
             while True:
                 outgoing = asyncio.ensure_future(connection.outbox.get())
@@ -103,6 +111,9 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
                     outgoing.cancel()
                     return
                 message = outgoing.result()
+                if message is None:  # dropped: the agent is to reconnect
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, connection.drop_reason)
+                    return
                 yield message
                 if message.HasField("disconnectReq"):
                     return
