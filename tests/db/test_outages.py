@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from prism_backends.db import engine
 from prism_backends.db.engine import make_engine, unit_of_work
 from prism_backends.errors import StoreUnavailable
 
@@ -25,7 +26,10 @@ def _failing(message: str) -> sessionmaker[Session]:
 @pytest.mark.parametrize(
     "message", ["database is locked", "disk I/O error", "database or disk is full"]
 )
-def test_outages_are_503_with_a_log_line(message: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_outages_are_503_with_a_log_line(
+    message: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "_outages", engine._OutageLog())
     caplog.set_level(logging.WARNING, logger="prism_backends.db.engine")
     with pytest.raises(StoreUnavailable), unit_of_work(_failing(message)):
         pass
@@ -38,3 +42,21 @@ def test_outages_are_503_with_a_log_line(message: str, caplog: pytest.LogCapture
 def test_queries_the_store_cannot_run_are_not_outages(message: str) -> None:
     with pytest.raises(OperationalError), unit_of_work(_failing(message)):
         pass
+
+
+def test_an_outage_is_one_log_line_every_few_seconds_with_a_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(engine, "_outages", engine._OutageLog(every=5, clock=lambda: now[0]))
+    caplog.set_level(logging.WARNING, logger="prism_backends.db.engine")
+    failing = _failing("database is locked")
+    for _ in range(100):
+        with pytest.raises(StoreUnavailable), unit_of_work(failing):
+            pass
+    now[0] += 5
+    with pytest.raises(StoreUnavailable), unit_of_work(failing):
+        pass
+    lines = [r.getMessage() for r in caplog.records if "store unavailable" in r.getMessage()]
+    assert len(lines) == 2
+    assert lines[1].endswith("(and 99 more since the last line)")

@@ -240,7 +240,8 @@ class Hub:
             try:
                 await step()
             except StoreUnavailable:
-                log.warning("agents endpoint: %s waits for the store", step.__name__)
+                # Said by the store's own (throttled) outage line.
+                log.debug("agents endpoint: %s waits for the store", step.__name__)
             except Exception:
                 log.exception("agents endpoint: %s failed", getattr(step, "__name__", step))
 

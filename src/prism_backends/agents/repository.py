@@ -109,7 +109,7 @@ def renew_sessions(
         rows = session.execute(
             select(AgentSession.cvm_id, AgentSession.replica).where(AgentSession.cvm_id.in_(chunk))
         )
-        holders = {cvm_id: holder for cvm_id, holder in rows}
+        holders = {row[0]: row[1] for row in rows}
         elsewhere.update(cvm_id for cvm_id, holder in holders.items() if holder != replica)
         for cvm_id in sorted(set(chunk) - set(holders)):
             session.add(

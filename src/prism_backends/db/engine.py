@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -68,7 +70,7 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
     except (OperationalError, DBAPIError) as exc:
         session.rollback()
         if _is_outage(exc):
-            log.warning("store unavailable: %s", _first_line(exc))
+            _outages.note(_first_line(exc))
             raise StoreUnavailable("the store is unavailable; try again shortly") from exc
         raise
     except BaseException:
@@ -76,6 +78,31 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+class _OutageLog:
+    """One line per outage and then one every ``every`` seconds with a count:
+    during an outage every request fails, and a line each would drown the log."""
+
+    def __init__(self, every: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every = every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last = -every
+        self._unsaid = 0
+
+    def note(self, cause: str) -> None:
+        with self._lock:
+            now = self._clock()
+            if now - self._last < self._every:
+                self._unsaid += 1
+                return
+            also = f" (and {self._unsaid} more since the last line)" if self._unsaid else ""
+            self._last, self._unsaid = now, 0
+        log.warning("store unavailable: %s%s", cause, also)
+
+
+_outages = _OutageLog()
 
 
 # SQLite reports a query it cannot run (a pattern too complex, too many

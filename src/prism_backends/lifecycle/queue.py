@@ -96,6 +96,16 @@ def renew(session: Session, *, cvm_id: str, owner: str, until: datetime) -> bool
     return bool(getattr(result, "rowcount", 0))
 
 
+def release(session: Session, *, cvm_ids: list[str], owner: str) -> None:
+    """Give up our leases on these CVMs (their work was cut short): due again at once."""
+    session.execute(
+        update(CVM)
+        .where(CVM.id.in_(cvm_ids), CVM.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def lock_if_owned(session: Session, *, cvm_id: str, owner: str) -> CVM | None:
     """The row, locked for update, only while we still hold its lease."""
     return session.scalars(

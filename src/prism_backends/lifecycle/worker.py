@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -57,6 +58,10 @@ class LifecycleWorkers:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._rng = random.Random()  # noqa: S311 - jitter, not security
+        # CVMs whose step the store cut short while we held their lease: released
+        # at the next claim, so they do not wait for the lease to run out.
+        self._stranded: set[str] = set()
+        self._stranded_lock = threading.Lock()
         self._policy = reconciler.RetryPolicy(
             timedelta(seconds=settings.retry_give_up_seconds),
             create_timeout=timedelta(seconds=settings.create_timeout_seconds),
@@ -91,7 +96,7 @@ class LifecycleWorkers:
             try:
                 worked = self.run_once()
             except StoreUnavailable:
-                log.warning("store unavailable; lifecycle worker waits")
+                log.debug("store unavailable; lifecycle worker waits")  # said once by the store
                 worked = False
             except Exception:
                 # One bad CVM must never stop the loop.
@@ -108,7 +113,7 @@ class LifecycleWorkers:
             try:
                 report = sweeper.sweep(self._catalog, self._sessions)
             except StoreUnavailable:
-                log.warning("store unavailable; the sweep waits")
+                log.debug("store unavailable; the sweep waits")  # said once by the store
                 continue
             except Exception:
                 log.exception("sweep failed")
@@ -118,18 +123,34 @@ class LifecycleWorkers:
 
     def run_once(self) -> bool:
         """Claim one due CVM and converge it one step. False when none was due."""
-        with unit_of_work(self._sessions) as session:
-            claimed = queue.claim(
-                session,
-                owner=self._owner,
-                now=utcnow(),
-                lease_seconds=self._settings.lease_seconds,
-                limit=1,
-            )
+        with self._stranded_lock:
+            stranded, self._stranded = sorted(self._stranded), set()
+        try:
+            with unit_of_work(self._sessions) as session:
+                if stranded:
+                    queue.release(session, cvm_ids=stranded, owner=self._owner)
+                claimed = queue.claim(
+                    session,
+                    owner=self._owner,
+                    now=utcnow(),
+                    lease_seconds=self._settings.lease_seconds,
+                    limit=1,
+                )
+        except StoreUnavailable:
+            self._strand(stranded)
+            raise
         if not claimed:
             return False
-        self._converge(claimed[0])
+        try:
+            self._converge(claimed[0])
+        except StoreUnavailable:
+            self._strand([claimed[0].id])
+            raise
         return True
+
+    def _strand(self, cvm_ids: list[str]) -> None:
+        with self._stranded_lock:
+            self._stranded.update(cvm_ids)
 
     def _converge(self, work: queue.Work) -> None:
         entry = self._catalog.get(work.provider)
@@ -153,18 +174,38 @@ class LifecycleWorkers:
             cap=self._settings.retry_max_seconds,
             rng=self._rng,
         )
+        # The provider's work is done: record it even if the store blinks
+        # meanwhile, while the lease is surely still ours (renewed every third
+        # of it until a moment ago), rather than leave the CVM leased and idle
+        # until the lease runs out.
+        recorded_by = time.monotonic() + 0.6 * self._settings.lease_seconds
+        while True:
+            try:
+                if not self._record(work, outcome, now, delay):
+                    return
+                break
+            except StoreUnavailable:
+                if time.monotonic() > recorded_by or self._stop.is_set():
+                    raise
+                self._stop.wait(min(1.0, self._settings.poll_seconds))
+        log.info("CVM %s (%s): %s %s", work.id, work.provider, outcome.kind, outcome.reason)
+
+    def _record(
+        self, work: queue.Work, outcome: reconciler.Outcome, now: datetime, delay: float
+    ) -> bool:
+        """Apply a step's outcome to the CVM; False if another worker owns it now."""
         with unit_of_work(self._sessions) as session:
             cvm = queue.lock_if_owned(session, cvm_id=work.id, owner=self._owner)
             if cvm is None:
                 log.warning("lost the lease on CVM %s; its new owner carries on", work.id)
-                return
+                return False
             reconciler.apply(cvm, work, outcome, now=now, retry_at=now + timedelta(seconds=delay))
             machine = outcome.machine
             if outcome.kind is reconciler.Kind.PROVISIONED and machine and machine.detail:
                 agents_repository.add_events(
                     session, [_provider_event(work.id, machine.detail, now)]
                 )
-        log.info("CVM %s (%s): %s %s", work.id, work.provider, outcome.kind, outcome.reason)
+        return True
 
 
 def _provider_event(cvm_id: str, detail: str, now: datetime) -> dict[str, object]:

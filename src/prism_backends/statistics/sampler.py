@@ -57,7 +57,7 @@ class Sampler:
             try:
                 self.run_once(utcnow())
             except StoreUnavailable:
-                log.warning("store unavailable; the sampler waits")
+                log.debug("store unavailable; the sampler waits")  # said once by the store
             except Exception:
                 log.exception("sampler step failed")
 
