@@ -191,7 +191,9 @@ def test_cocos_messages_parse_identically_with_ours(cocos: Cocos) -> None:
 def test_what_the_endpoint_sends_parses_identically_with_cocos(cocos: Cocos) -> None:
     connection = Connection("cvm-1")
     connection.disconnect("the CVM was deleted")
-    sent = [state_request(), connection.outbox.get_nowait()]
+    queued = connection.outbox.get_nowait()
+    assert queued is not None  # a message, not the end of the stream
+    sent = [state_request(), queued]
     stamp = cvms_pb2.AgentLog().timestamp
     stamp.FromDatetime(LOGGED_AT)
     sent.append(

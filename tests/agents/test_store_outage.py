@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from prism_backends.agents.models import AgentSession
 from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
@@ -49,9 +49,7 @@ def test_a_session_reaped_during_an_outage_is_opened_again(runtime: Runtime, api
             # What the reaper does to a replica that stopped renewing: session gone, offline.
             with unit_of_work(runtime.sessions) as session:
                 session.execute(delete(AgentSession).where(AgentSession.cvm_id == cvm_id))
-                session.execute(
-                    CVM.__table__.update().where(CVM.id == cvm_id).values(status="offline")
-                )
+                session.execute(update(CVM).where(CVM.id == cvm_id).values(status="offline"))
             await endpoint.hub.heartbeat()
             await call.write(_answer(await receive(call, "agentStateReq")))
             await eventually(lambda: _status(runtime, cvm_id) == "running", "running again")

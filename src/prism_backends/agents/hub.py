@@ -254,7 +254,8 @@ class Hub:
         if not answered and not events:
             return
         now = utcnow()
-        crowded = self._crowded(events)
+        gains = _gains(events)
+        crowded = self._crowded(gains)
 
         def write(session: Session) -> None:
             repository.mark_answered(session, self.replica, answered, now)
@@ -273,9 +274,11 @@ class Hub:
             # Keep them for the next flush (bounded: a long outage drops the oldest).
             self._answered.update(answered)
             self._events = (events + self._events)[-MAX_BUFFERED_EVENTS:]
-            for cvm_id in crowded:
-                self._gained.setdefault(cvm_id, [0, 0])
             raise
+        for cvm_id, (count, size) in gains.items():
+            gained = self._gained.setdefault(cvm_id, [0, 0])
+            gained[0] += count
+            gained[1] += size
         for cvm_id in crowded:
             self._gained.pop(cvm_id, None)
 
@@ -287,14 +290,15 @@ class Hub:
                     cvm_id, "rate_limited", level="warn", message=dropped.describe(self.limits)
                 )
 
-    def _crowded(self, events: list[dict[str, object]]) -> list[str]:
-        """CVMs that may reach a bound with these events: trimmed in the same write."""
-        for event in events:
-            gained = self._gained.setdefault(str(event["cvm_id"]), [0, 0])
-            gained[0] += 1
-            gained[1] += cast(int, event["size"])
-        crowded = self._bounds.crowded
-        return sorted(cvm_id for cvm_id, (n, b) in self._gained.items() if crowded(n, b))
+    def _crowded(self, gains: dict[str, tuple[int, int]]) -> list[str]:
+        """CVMs that may reach a bound with these gains: trimmed in the same write."""
+        crowded = []
+        for cvm_id in sorted(set(gains) | set(self._gained)):
+            count, size = gains.get(cvm_id, (0, 0))
+            before = self._gained.get(cvm_id, [0, 0])
+            if self._bounds.crowded(before[0] + count, before[1] + size):
+                crowded.append(cvm_id)
+        return crowded
 
     async def heartbeat(self) -> None:
         """Ask every agent for its state, keep our sessions alive, and send
@@ -349,6 +353,16 @@ class Hub:
             if cvm_id not in self._connections:
                 del self._budgets[cvm_id]
                 self._gained.pop(cvm_id, None)  # the hourly prune bounds it from here
+
+
+def _gains(events: list[dict[str, object]]) -> dict[str, tuple[int, int]]:
+    """Events and bytes per CVM in a batch."""
+    gains: dict[str, tuple[int, int]] = {}
+    for event in events:
+        cvm_id = str(event["cvm_id"])
+        count, size = gains.get(cvm_id, (0, 0))
+        gains[cvm_id] = (count + 1, size + cast(int, event["size"]))
+    return gains
 
 
 def _token_text(token: bytes) -> str:

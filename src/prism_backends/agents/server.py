@@ -35,7 +35,7 @@ from prism_backends.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 
-STORE_UNAVAILABLE = "this replica cannot reach its store now; reconnect"
+STORE_UNAVAILABLE = "this replica cannot reach the store; reconnect"
 
 
 class Refused(Exception):
