@@ -28,11 +28,9 @@ from prism_backends.db.engine import make_engine
 from prism_backends.http.app import create_app
 from prism_backends.runtime import Runtime
 
-# Real host-manager processes (with a QEMU stand-in), for manager and driver tests.
-pytest_plugins = ("tests.manager.processes",)
-
-# Real service processes (tests/served.py): its fixtures, for every test.
-pytest_plugins = ("tests.served",)
+# Real host-manager processes (with a QEMU stand-in), for manager and driver tests,
+# and real service processes (tests/served.py), for end-to-end tests and drills.
+pytest_plugins = ("tests.manager.processes", "tests.served")
 
 POSTGRES_ENV = "PRISM_BACKENDS_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

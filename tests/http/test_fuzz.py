@@ -72,7 +72,9 @@ from prism_backends.runtime import Runtime
 
 # --------------------------------------------------------------------------- contract
 
-CONTRACT_STATUSES: Final = frozenset({200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 415, 503})
+CONTRACT_STATUSES: Final = frozenset(
+    {200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 415, 429, 503}
+)
 CVM_FIELDS: Final = frozenset(
     {
         "id", "name", "cvm_id", "agent_url", "status", "state", "created_at", "deleted_at",
