@@ -89,6 +89,27 @@ class Spec:
     ports: tuple[int, ...] = ()
 
 
+def agents_spec(*extra: str) -> Spec:
+    """An ``agents`` replica on a free port (``extra``: more arguments)."""
+    port = free_port()
+    return Spec(
+        ["agents", "--agents-port", str(port), *extra],
+        ready=[f"agents endpoint on 127.0.0.1:{port} (mTLS)"],
+        ports=(port,),
+    )
+
+
+def api_spec() -> Spec:
+    """An ``api`` process on a free port."""
+    port = free_port()
+    return Spec(
+        ["api", "--port", str(port)],
+        ready=[f"HTTP API on http://127.0.0.1:{port}"],
+        health_url=f"http://127.0.0.1:{port}/backends/health",
+        ports=(port,),
+    )
+
+
 @dataclass
 class Server:
     name: str

@@ -41,6 +41,8 @@ from tests.served import (
     Processes,
     Sample,
     Spec,
+    agents_spec,
+    api_spec,
     free_port,
     save_config,
     stored_events,
@@ -245,33 +247,16 @@ def test_a_crashed_replicas_session_expires_and_the_agent_moves_to_another(
     token, _ = processes.run_all(("token", "issue", "--domain", DOMAIN), ("migrate",))
     token = token.strip()
 
-    def replica() -> Spec:
-        port = free_port()
-        return Spec(
-            ["agents", "--agents-port", str(port)],
-            ready=[f"agents endpoint on 127.0.0.1:{port} (mTLS)"],
-            ports=(port,),
-        )
-
-    def http_api() -> Spec:
-        port = free_port()
-        return Spec(
-            ["api", "--port", str(port)],
-            ready=[f"Uvicorn running on http://127.0.0.1:{port}"],
-            health_url=f"http://127.0.0.1:{port}/backends/health",
-            ports=(port,),
-        )
-
     def worker() -> Spec:
         return Spec(["worker"], ready=["lifecycle workers started"])
 
     # The first replica creates the CA and the endpoint's certificate in the shared data
     # directory; the others start once it has: processes that create them at once each
     # keep a CA of their own (agents/pki.py, load_or_create_ca does not create exclusively).
-    replica_a = processes.ready(processes.launch("agents-a", replica))
+    replica_a = processes.ready(processes.launch("agents-a", agents_spec))
     others = [
-        processes.launch("agents-b", replica),
-        processes.launch("api", http_api),
+        processes.launch("agents-b", agents_spec),
+        processes.launch("api", api_spec),
         processes.launch("worker", worker),
     ]
     replica_b, http, _ = [processes.ready(server) for server in others]

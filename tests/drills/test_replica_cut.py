@@ -25,7 +25,8 @@ from tests.served import (
     Api,
     Processes,
     Spec,
-    free_port,
+    agents_spec,
+    api_spec,
     wait_for,
 )
 
@@ -53,30 +54,17 @@ def _drill(processes: Processes, cluster: Cluster, swarms: list[Swarm]) -> None:
     token, _ = processes.run_all(("token", "issue", "--domain", DOMAIN), ("migrate",))
     role_a, role_b = cluster.add_role("a"), cluster.add_role("b")
 
-    def replica(role: str) -> Spec:
-        port = free_port()
-        return Spec(
-            ["agents", "--agents-port", str(port), "--database-url", cluster.url(role)],
-            ready=[f"agents endpoint on 127.0.0.1:{port} (mTLS)"],
-            ports=(port,),
-        )
-
-    def http_api() -> Spec:
-        port = free_port()
-        return Spec(
-            ["api", "--port", str(port)],
-            ready=["HTTP API on"],
-            health_url=f"http://127.0.0.1:{port}/backends/health",
-            ports=(port,),
-        )
-
     # A first: it makes the shared CA the others then read.
-    replica_a = processes.ready(processes.launch("agents-a", lambda: replica(role_a)))
+    replica_a = processes.ready(
+        processes.launch("agents-a", lambda: agents_spec("--database-url", cluster.url(role_a)))
+    )
     replica_b, http, _ = [
         processes.ready(server)
         for server in (
-            processes.launch("agents-b", lambda: replica(role_b)),
-            processes.launch("api", http_api),
+            processes.launch(
+                "agents-b", lambda: agents_spec("--database-url", cluster.url(role_b))
+            ),
+            processes.launch("api", api_spec),
             processes.launch("worker", lambda: Spec(["worker"], ready=["workers started"])),
         )
     ]

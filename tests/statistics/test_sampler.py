@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
@@ -86,6 +86,20 @@ def test_reaper_marks_offline_what_no_replica_keeps_alive(runtime: Runtime) -> N
     assert remaining == {silent, healthy}  # the silent agent's stream is still open
 
 
+def _log_row(cvm_id: str, message: str, now: datetime) -> dict[str, object]:
+    return {
+        "cvm_id": cvm_id,
+        "kind": "log",
+        "occurred_at": now,
+        "received_at": now,
+        "level": "info",
+        "message": message,
+        "computation_id": "",
+        "details": "",
+        "size": len(message.encode()),
+    }
+
+
 def test_old_samples_and_events_are_pruned(
     runtime: Runtime, make_settings: Callable[..., Settings]
 ) -> None:
@@ -96,20 +110,7 @@ def test_old_samples_and_events_are_pruned(
     assert old.run_once(now - timedelta(days=5))
     with unit_of_work(runtime.sessions) as session:
         agents_repository.add_events(
-            session,
-            [
-                {
-                    "cvm_id": cvm_id,
-                    "kind": "log",
-                    "occurred_at": now,
-                    "received_at": now,
-                    "level": "info",
-                    "message": f"line {i}",
-                    "computation_id": "",
-                    "details": "",
-                }
-                for i in range(25)
-            ],
+            session, [_log_row(cvm_id, f"line {i}", now) for i in range(25)]
         )
     Sampler(settings, runtime.sessions).run_once(now)  # prunes on its first run
     with unit_of_work(runtime.sessions) as session:
@@ -130,21 +131,7 @@ def test_a_cvm_past_its_bytes_bound_keeps_its_newest_events(
     line = "x" * 10_000
     with unit_of_work(runtime.sessions) as session:
         agents_repository.add_events(
-            session,
-            [
-                {
-                    "cvm_id": cvm_id,
-                    "kind": "log",
-                    "occurred_at": now,
-                    "received_at": now,
-                    "level": "info",
-                    "message": f"{i:02d}{line}",
-                    "computation_id": "",
-                    "details": "",
-                    "size": 10_002,
-                }
-                for i in range(20)
-            ],
+            session, [_log_row(cvm_id, f"{i:02d}{line}", now) for i in range(20)]
         )
     Sampler(settings, runtime.sessions).run_once(now)
     with unit_of_work(runtime.sessions) as session:

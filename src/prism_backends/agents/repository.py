@@ -70,14 +70,13 @@ def open_session(
 ) -> None:
     """Record a new stream; a newer stream replaces an older one's row."""
     session.execute(delete(AgentSession).where(AgentSession.cvm_id == cvm_id))
-    session.add(
-        AgentSession(
-            cvm_id=cvm_id,
-            replica=replica,
-            connected_at=now,
-            last_seen_at=None,
-            expires_at=expires_at,
-        )
+    session.add(_new_session(cvm_id, replica, now, expires_at))
+
+
+def _new_session(cvm_id: str, replica: str, now: datetime, expires_at: datetime) -> AgentSession:
+    """A stream's row before its agent first answered."""
+    return AgentSession(
+        cvm_id=cvm_id, replica=replica, connected_at=now, last_seen_at=None, expires_at=expires_at
     )
 
 
@@ -112,15 +111,7 @@ def renew_sessions(
         holders = {row[0]: row[1] for row in rows}
         elsewhere.update(cvm_id for cvm_id, holder in holders.items() if holder != replica)
         for cvm_id in sorted(set(chunk) - set(holders)):
-            session.add(
-                AgentSession(
-                    cvm_id=cvm_id,
-                    replica=replica,
-                    connected_at=now,
-                    last_seen_at=None,
-                    expires_at=expires_at,
-                )
-            )
+            session.add(_new_session(cvm_id, replica, now, expires_at))
             reopened.add(cvm_id)
     return Renewal(frozenset(reopened), frozenset(elsewhere))
 
