@@ -31,7 +31,7 @@ def view_agent_config(
     domain_query: DomainQuery = None,
 ) -> AgentConfigOut:
     cvms_service.check_domain(domain_id, domain_query)
-    with unit_of_work(runtime.sessions) as session:
+    with unit_of_work(runtime.sessions, read_only=True) as session:
         config = service.agent_config(
             principal,
             session,
@@ -62,7 +62,7 @@ def list_events(
     offset: Annotated[str | None, Query(description=">= 0, default 0.")] = None,
 ) -> EventPage:
     cvms_service.check_domain(domain_id, domain_query)
-    with unit_of_work(runtime.sessions) as session:
+    with unit_of_work(runtime.sessions, read_only=True) as session:
         rows, total, page_limit, page_offset = service.list_events(
             principal, session, domain_id=domain_id, cvm_id=cvm_id, limit=limit, offset=offset
         )

@@ -25,6 +25,6 @@ router = APIRouter(tags=["attestation"])
     },
 )
 def jwks(runtime: RuntimeDep) -> JSONResponse:
-    with unit_of_work(runtime.sessions) as session:
+    with unit_of_work(runtime.sessions, read_only=True) as session:
         document: dict[str, Any] = keys.published_jwks(session, utcnow())
     return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})

@@ -113,7 +113,7 @@ def list_cvms(
     ] = None,
 ) -> CVMPage:
     service.check_domain(domain_id, domain_query)
-    with unit_of_work(runtime.sessions) as session:
+    with unit_of_work(runtime.sessions, read_only=True) as session:
         listing = service.list_cvms(
             principal,
             session,
@@ -144,7 +144,7 @@ def view_cvm(
     domain_query: DomainQuery = None,
 ) -> CVMOut:
     service.check_domain(domain_id, domain_query)
-    with unit_of_work(runtime.sessions) as session:
+    with unit_of_work(runtime.sessions, read_only=True) as session:
         cvm = service.get_cvm(principal, session, domain_id=domain_id, cvm_id=cvm_id)
         return CVMOut.of(cvm)
 
@@ -189,7 +189,7 @@ def view_statistics(
     offset: Annotated[str | None, Query(description=">= 0, default 0.")] = None,
 ) -> StatsOut:
     service.check_domain(domain_id, domain_query)
-    with unit_of_work(runtime.sessions) as session:
+    with unit_of_work(runtime.sessions, read_only=True) as session:
         page = service.get_statistics(
             principal,
             session,
@@ -239,7 +239,7 @@ def view_attestation_policy(
     ] = None,
 ) -> AttestationPolicyOut:
     service.check_domain(domain_id, domain_query)
-    with unit_of_work(runtime.sessions) as session:
+    with unit_of_work(runtime.sessions, read_only=True) as session:
         policy = service.get_attestation_policy(
             principal, session, domain_id=domain_id, cvm_id=cvm_id, policy_format=policy_format
         )

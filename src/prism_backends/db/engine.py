@@ -46,10 +46,21 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+READ_ONLY = "prism_read_only"  # execution option: the unit of work only reads
+
+
 def _begin_immediate(connection: Any) -> None:
-    # SQLite has one writer; taking the lock at BEGIN avoids the deadlock of two
-    # readers that both try to upgrade, and gives row leases their meaning.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # SQLite has one writer; a writing transaction takes the lock at BEGIN,
+    # which avoids the deadlock of two readers that both try to upgrade and
+    # gives row leases their meaning. A reading one takes no lock (WAL: it
+    # reads a snapshot beside the writer), and query_only makes SQLite refuse
+    # any write it would attempt, rather than let it try to upgrade.
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("PRAGMA query_only = 1")
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("PRAGMA query_only = 0")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -57,14 +68,17 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
+def unit_of_work(factory: sessionmaker[Session], *, read_only: bool = False) -> Iterator[Session]:
     """One transaction: commit on success, roll back on error.
 
     This is the boundary that owns the transaction; services never commit.
-    Store outages surface as ``StoreUnavailable`` (503).
+    Store outages surface as ``StoreUnavailable`` (503). ``read_only`` units
+    (the GET routes) take no write lock on SQLite, and may not write.
     """
     session = factory()
     try:
+        if read_only:
+            session.connection(execution_options={READ_ONLY: True})
         yield session
         session.commit()
     except (OperationalError, DBAPIError) as exc:

@@ -1,0 +1,70 @@
+"""Read-only units of work (the GET routes): on SQLite they take no write
+lock, so they read beside a writer instead of queueing behind it, and they
+cannot write; the next writer on the same connection writes as before."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from prism_backends.cvms.models import CVM
+from prism_backends.db.engine import make_engine, make_session_factory, unit_of_work
+from prism_backends.db.migrate import upgrade
+from prism_backends.errors import StoreUnavailable
+from tests.factories import insert_cvm
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def test_a_reader_is_not_queued_behind_a_writer(sessions: sessionmaker[Session]) -> None:
+    cvm_id = insert_cvm(sessions)
+    writing, done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with unit_of_work(sessions) as session:
+            session.execute(update(CVM).where(CVM.id == cvm_id).values(name="renamed"))
+            writing.set()
+            done.wait(10)  # holds the write lock meanwhile
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert writing.wait(10)
+    started = time.monotonic()
+    try:
+        with unit_of_work(sessions, read_only=True) as session:
+            name = session.scalar(select(CVM.name).where(CVM.id == cvm_id))
+        waited = time.monotonic() - started
+    finally:
+        done.set()
+        thread.join()
+    assert name != "renamed"  # the snapshot before the writer's commit
+    assert waited < 1.0  # a BEGIN IMMEDIATE would have waited for the writer
+
+
+def test_a_read_only_unit_cannot_write_and_the_next_writer_can(
+    sessions: sessionmaker[Session],
+) -> None:
+    cvm_id = insert_cvm(sessions)
+    with (
+        pytest.raises((StoreUnavailable, OperationalError)),
+        unit_of_work(sessions, read_only=True) as session,
+    ):
+        session.execute(update(CVM).where(CVM.id == cvm_id).values(name="sneaky"))
+    with unit_of_work(sessions) as session:
+        session.execute(update(CVM).where(CVM.id == cvm_id).values(name="honest"))
+    with unit_of_work(sessions, read_only=True) as session:
+        assert session.scalar(select(CVM.name).where(CVM.id == cvm_id)) == "honest"
+        assert session.scalar(select(func.count()).select_from(CVM)) == 1
