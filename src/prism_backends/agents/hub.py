@@ -51,6 +51,7 @@ class Connection:
     last_state: str = ""
     closing: bool = False
     drop_reason: str = ""
+    opened: bool = False  # its session row was written (attach committed)
 
     def send(self, message: cvms_pb2.ServerStreamMessage) -> None:
         self.outbox.put_nowait(message)
@@ -149,6 +150,7 @@ class Hub:
             if self._connections.get(connection.cvm_id) is connection:
                 del self._connections[connection.cvm_id]
             raise
+        connection.opened = True
         self.record(connection.cvm_id, "connected", message="agent connected")
         connection.send(state_request())
 
@@ -308,7 +310,9 @@ class Hub:
         drops its streams, so that their agents reconnect, perhaps to a
         healthy replica, before their sessions expire and they turn offline."""
         self._forget_idle_budgets()
-        cvm_ids = list(self._connections)
+        # Streams still being attached have no session to renew yet (renewing
+        # would open one beside the attach's own).
+        cvm_ids = [cvm_id for cvm_id, c in self._connections.items() if c.opened]
         if not cvm_ids:
             self._store_reached = self._clock()
             return

@@ -22,15 +22,31 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 log = logging.getLogger(__name__)
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """Create an engine tuned for the backend the URL names."""
+# The HTTP API runs its handlers on anyio's thread pool (40 threads): a pool
+# as large keeps every connection open. A smaller pool with overflow opened
+# and closed a connection per request under load.
+DEFAULT_POOL_SIZE = 40
+POOL_OVERFLOW = 10  # the workers, the sampler and the agents endpoint beside them
+
+
+def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """Create an engine tuned for the backend the URL names.
+
+    No pre-ping on PostgreSQL (a round trip per checkout): a connection the
+    server closed fails its next request (503), and that invalidates every
+    pooled connection opened before it, so the next requests connect afresh.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin_immediate)
         return engine
     return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        url,
+        pool_size=pool_size,
+        max_overflow=POOL_OVERFLOW,
+        pool_pre_ping=False,
+        pool_recycle=1800,
     )
 
 
