@@ -31,7 +31,7 @@ from prism_backends.pricing.core import PriceTable
 from prism_backends.pricing.table import estimate_cents
 from prism_backends.providers.registry import Catalog, CatalogEntry
 from prism_backends.statistics import repository as stats_repository
-from prism_backends.statistics.bitmap import Sample, samples_of
+from prism_backends.statistics.bitmap import Sample, window
 from prism_backends.vocabulary import (
     DOMAIN_ID_PATTERN,
     PROVIDER_NAMES,
@@ -370,18 +370,12 @@ def get_statistics(
     page_offset = bounded_int(offset, "offset", 0, 0, None)
     cvm = _live_or_404(session, domain_id, cvm_id)
     since = utcnow() - timedelta(days=window_days)
-    window = [
-        (f"{row.id}-{sample.index}", sample)
-        for row in stats_repository.days_since(session, domain_id, cvm.id, since.date())
-        for sample in samples_of(row.day, row.interval_seconds, row.seen, row.up)
-        if sample.timestamp >= since
-    ]
-    window.sort(key=lambda item: item[1].timestamp, reverse=True)
-    up = sum(1 for _, sample in window if sample.up)
+    rows = stats_repository.days_since(session, domain_id, cvm.id, since.date())
+    found = window(rows, since, offset=page_offset, limit=page_limit)
     return StatisticsPage(
-        samples=window[page_offset : page_offset + page_limit],
-        total=len(window),
-        uptime=(up / len(window)) if window else 0.0,
+        samples=found.samples,
+        total=found.total,
+        uptime=(found.up / found.total) if found.total else 0.0,
         cvm=cvm,
     )
 
