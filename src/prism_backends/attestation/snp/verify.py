@@ -15,6 +15,7 @@ by the caller when asked), and anything a policy decides (see :mod:`.validate`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -257,12 +258,31 @@ def _check_signed_by(
     key = issuer.public_key()
     if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
         raise ChainInvalid(f"the {issuer_role} key is not an RSA key of at least 2048 bits")
-    try:
-        key.verify(cert.signature, cert.tbs_certificate_bytes, _PSS, hashes.SHA384())
-    except InvalidSignature as exc:
+    issuer_key = key.public_bytes(serialization.Encoding.DER, _SPKI)
+    if not _pss_sha384_valid(issuer_key, cert.signature, cert.tbs_certificate_bytes):
         raise SignatureInvalid(
             f"the {role} certificate's signature does not verify with the {issuer_role} key"
-        ) from exc
+        )
+
+
+_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
+
+
+@functools.lru_cache(maxsize=4096)
+def _pss_sha384_valid(issuer_key: bytes, signature: bytes, signed: bytes) -> bool:
+    """Whether ``signature`` over ``signed`` verifies with the RSA key (DER).
+
+    The same ARK, ASK and VCEK come with every report of a machine: their
+    signatures are verified once and remembered by their bytes (what is
+    remembered is a fact about these bytes, so it can never go stale; validity
+    periods and everything else are still checked on every report)."""
+    key = serialization.load_der_public_key(issuer_key)
+    assert isinstance(key, rsa.RSAPublicKey)
+    try:
+        key.verify(signature, signed, _PSS, hashes.SHA384())
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _check_critical(cert: x509.Certificate, role: str) -> None:
