@@ -271,8 +271,15 @@ class FuzzAuth:
 
 # Schemathesis parametrises its tests by operation at collection, so the app and
 # its document exist at import; each test swaps its own runtime into the app.
+# Rate limits off: thousands of generated requests from one address would
+# otherwise meet 429s (tests/http/test_rate_limits.py holds those).
 _IDLE_RUNTIME: Final = Runtime(
-    Settings(data_dir=Path("/nonexistent/prism-backends-fuzz"), database_url="sqlite://")
+    Settings(
+        data_dir=Path("/nonexistent/prism-backends-fuzz"),
+        database_url="sqlite://",
+        rate_limit_per_source=0,
+        rate_limit_per_principal=0,
+    )
 )
 APP: Final = create_app(_IDLE_RUNTIME)
 BASE: Final = _IDLE_RUNTIME.settings.base_path

@@ -21,7 +21,7 @@ router = APIRouter(tags=["attestation"])
     summary="Keys that verify attestation tokens (public; no token needed)",
     responses={
         200: {"description": "A JWKS: the current key and those whose tokens may still be valid."},
-        **error_responses(503),
+        **error_responses(429, 503),
     },
 )
 def jwks(runtime: RuntimeDep) -> JSONResponse:

@@ -15,6 +15,7 @@ from prism_backends.cvms.endpoints import router as cvms_router
 from prism_backends.http.errors import install_error_handlers
 from prism_backends.http.head import HeadAsGet
 from prism_backends.http.ratelimit import RequestLimits, SourceLimit
+from prism_backends.http.responses import error_responses
 from prism_backends.runtime import Runtime
 
 
@@ -48,7 +49,13 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(agents_router, prefix=base)
     app.include_router(attestation_router, prefix=base)
 
-    @app.get(f"{base}/health", response_model=Health, tags=["health"], summary="Liveness probe")
+    @app.get(
+        f"{base}/health",
+        response_model=Health,
+        tags=["health"],
+        summary="Liveness probe",
+        responses=error_responses(429),
+    )
     def health() -> Health:
         return Health(status="ok")
 
