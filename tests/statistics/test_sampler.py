@@ -15,7 +15,8 @@ from prism_backends.cvms.models import CVM
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
 from prism_backends.runtime import Runtime
-from prism_backends.statistics.bitmap import slot_start
+from prism_backends.statistics import repository as stats_repository
+from prism_backends.statistics.bitmap import samples_of, slot_start
 from prism_backends.statistics.models import UptimeDay
 from prism_backends.statistics.sampler import Sampler
 from prism_backends.vocabulary import State, Status
@@ -139,3 +140,33 @@ def test_a_cvm_past_its_bytes_bound_keeps_its_newest_events(
     # 200 kB against a bound of 64 KiB: the newest that fit in three quarters of it.
     assert total == 4
     assert [event.message[:2] for event in page] == ["19", "18", "17", "16"]
+
+
+def test_one_statement_samples_every_provisioned_live_cvm(runtime: Runtime) -> None:
+    up = insert_cvm(runtime.sessions, status=Status.RUNNING)
+    down = insert_cvm(runtime.sessions, status=Status.OFFLINE)
+    changes = insert_cvm(runtime.sessions, status=Status.RUNNING)
+    pending = insert_cvm(runtime.sessions, state=State.PENDING, status=Status.STARTING)
+    gone = insert_cvm(runtime.sessions, deleted=True)
+    first = slot_start(utcnow(), 300)
+    # Another slot of the same day: the second statement updates the rows the first made.
+    step = timedelta(seconds=300)
+    second = first + step if first + step < first.replace(hour=23, minute=55) else first - step
+    with unit_of_work(runtime.sessions) as session:
+        stats_repository.sample_every_live_cvm(session, first, 300)  # inserts the day rows
+        session.execute(update(CVM).where(CVM.id == changes).values(status="offline"))
+    with unit_of_work(runtime.sessions) as session:
+        stats_repository.sample_every_live_cvm(session, second, 300)  # updates them
+    with unit_of_work(runtime.sessions) as session:
+        recorded = {
+            cvm_id: {
+                sample.timestamp: sample.up
+                for row in stats_repository.days_since(session, "dom-1", cvm_id, first.date())
+                for sample in samples_of(row.day, row.interval_seconds, row.seen, row.up)
+            }
+            for cvm_id in (up, down, changes, pending, gone)
+        }
+    assert recorded[up] == {first: True, second: True}
+    assert recorded[down] == {first: False, second: False}
+    assert recorded[changes] == {first: True, second: False}
+    assert recorded[pending] == {} and recorded[gone] == {}

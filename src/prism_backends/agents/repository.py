@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSession
 from prism_backends.cvms.models import CVM
-from prism_backends.vocabulary import State, Status
+from prism_backends.vocabulary import Status
 
 
 def add_credential(session: Session, credential: AgentCredential) -> None:
@@ -184,16 +184,6 @@ def deleted_among(session: Session, cvm_ids: Sequence[str]) -> set[str]:
             session.scalars(select(CVM.id).where(CVM.id.in_(chunk), CVM.deleted_at.is_not(None)))
         )
     return gone
-
-
-def live_statuses(session: Session) -> dict[str, bool]:
-    """System-scoped, for the sampler: every provisioned live CVM, and whether it is up."""
-    rows = session.execute(
-        select(CVM.id, CVM.status).where(
-            CVM.deleted_at.is_(None), CVM.state == State.PROVISIONED.value
-        )
-    )
-    return {cvm_id: status == Status.RUNNING.value for cvm_id, status in rows}
 
 
 # --- events -----------------------------------------------------------------------

@@ -60,6 +60,23 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # PostgreSQL's set_bit/get_bit on bytea, for statements both stores run
+    # (the uptime sampler's): bit n is bit n % 8, least significant first, of byte n // 8.
+    dbapi_connection.create_function("set_bit", 3, _set_bit, deterministic=True)
+    dbapi_connection.create_function("get_bit", 2, _get_bit, deterministic=True)
+
+
+def _set_bit(value: bytes, index: int, bit: int) -> bytes:
+    changed = bytearray(value)
+    if bit:
+        changed[index // 8] |= 1 << (index % 8)
+    else:
+        changed[index // 8] &= ~(1 << (index % 8)) & 0xFF
+    return bytes(changed)
+
+
+def _get_bit(value: bytes, index: int) -> int:
+    return (value[index // 8] >> (index % 8)) & 1
 
 
 READ_ONLY = "prism_read_only"  # execution option: the unit of work only reads

@@ -6,13 +6,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date, datetime
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import (
+    Date,
+    Integer,
+    LargeBinary,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from prism_backends.cvms.models import CVM
 from prism_backends.statistics.bitmap import bitmap_size, slot_index, with_sample
 from prism_backends.statistics.models import SampledSlot, UptimeDay
+from prism_backends.vocabulary import State, Status
 
 
 def days_since(session: Session, domain_id: str, cvm_id: str, first_day: date) -> list[UptimeDay]:
@@ -43,10 +56,45 @@ def claim_slot(session: Session, slot_at: datetime, owner: str, now: datetime) -
     return claimed is not None
 
 
+def sample_every_live_cvm(session: Session, slot_at: datetime, interval_seconds: int) -> None:
+    """Set one slot's bit for every provisioned live CVM, up if its agent is
+    running: one statement, the store doing the work (no row reaches Python).
+
+    ``set_bit``/``get_bit`` are PostgreSQL's on bytea (bit ``n`` is bit
+    ``n % 8``, least significant first, of byte ``n // 8``: the layout of
+    ``bitmap.with_sample``); on SQLite the engine provides the same functions.
+    """
+    day, index = slot_index(slot_at, interval_seconds)
+    empty = bindparam("empty", bytes(bitmap_size(interval_seconds)), type_=LargeBinary)
+    up_bit = case((CVM.status == Status.RUNNING.value, 1), else_=0)
+    source = select(
+        CVM.id,
+        literal(day, Date),
+        literal(interval_seconds, Integer),
+        func.set_bit(empty, index, 1),
+        func.set_bit(empty, index, up_bit),
+    ).where(CVM.deleted_at.is_(None), CVM.state == State.PROVISIONED.value)
+    dialect = session.get_bind().dialect.name
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = upsert(UptimeDay).from_select(
+        ["cvm_id", "day", "interval_seconds", "seen", "up"], source
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["cvm_id", "day", "interval_seconds"],
+        set_={
+            "seen": func.set_bit(UptimeDay.seen, index, 1),
+            "up": func.set_bit(UptimeDay.up, index, func.get_bit(statement.excluded.up, index)),
+        },
+    )
+    session.execute(statement)
+
+
 def record_slot(
     session: Session, slot_at: datetime, interval_seconds: int, observations: Mapping[str, bool]
 ) -> None:
-    """Set one slot's bit for each CVM (True: its agent was up)."""
+    """Set one slot's bit for each of these CVMs (True: its agent was up): a
+    history as given, for imports and tests; the sampler samples the store
+    itself (``sample_every_live_cvm``)."""
     if not observations:
         return
     day, index = slot_index(slot_at, interval_seconds)

@@ -70,9 +70,7 @@ class Sampler:
             agents_repository.expire_sessions(session, now, silent_since)
             sampled = repository.claim_slot(session, slot, self._owner, now)
             if sampled:
-                repository.record_slot(
-                    session, slot, self._interval, agents_repository.live_statuses(session)
-                )
+                repository.sample_every_live_cvm(session, slot, self._interval)
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             self._prune(now)
         return sampled
