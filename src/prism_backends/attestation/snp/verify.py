@@ -145,8 +145,7 @@ def _verify(
     leaf_der = _endorsement_certificate(
         report, attestation.certificates, kind, vcek, fetcher, wanted or cpuid_product
     )
-    leaf = load_certificate(leaf_der, f"{role} certificate")
-    extensions = _check_leaf(leaf, kind, role)
+    leaf, extensions = _checked_leaf(leaf_der, kind)
     line = extensions.product
     if wanted is not None and line != wanted:
         raise ChainInvalid(f"the {role} certificate is for product {line}, expected {wanted}")
@@ -161,7 +160,9 @@ def _verify(
     if trusted.product != line:
         raise ChainInvalid(f"the roots given for {line} are {trusted.product}'s")
 
-    ark, intermediate = _verify_chain(leaf, kind, line, trusted, attestation.certificates, now)
+    ark, intermediate = _chain(leaf_der, kind, line, trusted, attestation.certificates)
+    for cert, cert_role in ((ark, "ARK"), (intermediate, _intermediate_role(kind)), (leaf, role)):
+        _check_validity(cert, cert_role, now)
     _verify_report_signature(report, leaf, role)
     _match_extensions(report, extensions, kind, role)
     return VerifiedSnp(
@@ -325,14 +326,35 @@ def _check_leaf(cert: x509.Certificate, kind: SigningKey, role: str) -> Endorsem
     return parse_endorsement_extensions(cert, kind, role)
 
 
-def _verify_chain(
-    leaf: x509.Certificate,
+# Every report of a machine comes with the same VCEK, ASK and ARK: what can be
+# checked of them without the time (names, extensions, constraints, the RSA
+# signatures) is checked once and remembered by their bytes. Validity against
+# `now` is checked on every report. Failures are not remembered.
+_CHAIN_CACHE_SIZE = 1024
+
+
+def _intermediate_role(kind: SigningKey) -> str:
+    return "ASK" if kind == SigningKey.VCEK else "ASVK"
+
+
+@functools.lru_cache(maxsize=_CHAIN_CACHE_SIZE)
+def _checked_leaf(
+    leaf_der: bytes, kind: SigningKey
+) -> tuple[x509.Certificate, EndorsementExtensions]:
+    leaf = load_certificate(leaf_der, f"{kind.name} certificate")
+    return leaf, _check_leaf(leaf, kind, kind.name)
+
+
+@functools.lru_cache(maxsize=_CHAIN_CACHE_SIZE)
+def _chain(
+    leaf_der: bytes,
     kind: SigningKey,
     product: str,
     trusted: ProductRoots,
     table: CertTable,
-    now: datetime,
 ) -> tuple[x509.Certificate, x509.Certificate]:
+    """The ARK and ASK (or ASVK) the leaf chains to, every check but validity done."""
+    leaf, _ = _checked_leaf(leaf_der, kind)
     role = kind.name
     ark = trusted.ark
     der = serialization.Encoding.DER
@@ -354,21 +376,18 @@ def _verify_chain(
     else:
         raise ChainInvalid(f"no {ask_role} for {product}: none in the evidence nor the roots")
 
-    # The trust anchor itself: self-signed, well formed, valid now.
+    # The trust anchor itself: self-signed and well formed (valid now: checked per report).
     _check_amd_name(ark.subject, "the ARK's subject", f"ARK-{product}")
     _check_signed_by(ark, "ARK", ark, "ARK")
-    _check_validity(ark, "ARK", now)
     _check_critical(ark, "ARK")
     _check_ca(ark, "ARK", min_path=1)
 
     _check_amd_name(ask.subject, f"the {ask_role}'s subject", ask_name)
     _check_signed_by(ask, ask_role, ark, "ARK")
-    _check_validity(ask, ask_role, now)
     _check_critical(ask, ask_role)
     _check_ca(ask, ask_role, min_path=0)
 
     _check_signed_by(leaf, role, ask, ask_role)
-    _check_validity(leaf, role, now)
     return ark, ask
 
 
