@@ -45,6 +45,7 @@ The TCB status is reported, not judged: a ``Revoked`` level raises
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Sequence
@@ -251,22 +252,37 @@ def verify_chain(
         raise ChainInvalid(
             f"{what} ends in root {root.subject.rfc4514_string()!r}, which is not trusted"
         )
+    # _check_shape has checked every certificate's validity at `now`; what path
+    # validation adds does not depend on the time, so it is done once per
+    # chain (at an instant inside every certificate's validity) and remembered.
+    problem = _path_problem(tuple(chain), tuple(trusted_roots))
+    if problem is not None:
+        raise ChainInvalid(f"{what} {problem}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_problem(
+    chain: tuple[x509.Certificate, ...], trusted_roots: tuple[x509.Certificate, ...]
+) -> str | None:
+    """Why cryptography's path validation refuses the chain, or None."""
     ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
         x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
     )
+    inside = max(certificate.not_valid_before_utc for certificate in chain)
     verifier = (
         PolicyBuilder()
         .store(Store(list(trusted_roots)))
-        .time(now)
+        .time(inside)
         .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
         .build_client_verifier()
     )
     try:
         verified = verifier.verify(chain[0], list(chain[1:-1]))
     except VerificationError as exc:
-        raise ChainInvalid(f"{what} does not validate: {exc}") from exc
-    if verified.chain[-1] != root:  # pragma: no cover - the store holds the trusted roots
-        raise ChainInvalid(f"{what} validated through a root other than its own")
+        return f"does not validate: {exc}"
+    if verified.chain[-1] != chain[-1]:  # pragma: no cover - the store holds the trusted roots
+        return "validated through a root other than its own"
+    return None
 
 
 def _check_shape(
