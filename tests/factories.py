@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from prism_backends.cvms.models import CVM
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
-from prism_backends.statistics import repository as stats
-from prism_backends.statistics.bitmap import slot_start
+from prism_backends.statistics.bitmap import bitmap_size, slot_index, slot_start, with_sample
+from prism_backends.statistics.models import UptimeDay
 from prism_backends.vocabulary import State, Status
 
 
@@ -67,12 +67,26 @@ def insert_samples(
     samples: list[tuple[datetime, bool]],
     interval_seconds: int = 300,
 ) -> None:
-    """Record samples as the sampler would, each in the slot its instant falls in."""
+    """Record a history of samples, each in the slot its instant falls in, in
+    the day bitmaps the sampler writes."""
+    empty = bytes(bitmap_size(interval_seconds))
     with unit_of_work(sessions) as session:
-        for moment, up in samples:
-            stats.record_slot(
-                session, slot_start(moment, interval_seconds), interval_seconds, {cvm_id: up}
-            )
+        for moment, is_up in samples:
+            day, index = slot_index(slot_start(moment, interval_seconds), interval_seconds)
+            row = session.scalars(
+                select(UptimeDay).where(
+                    UptimeDay.cvm_id == cvm_id,
+                    UptimeDay.day == day,
+                    UptimeDay.interval_seconds == interval_seconds,
+                )
+            ).first()
+            if row is None:
+                row = UptimeDay(
+                    cvm_id=cvm_id, day=day, interval_seconds=interval_seconds, seen=empty, up=empty
+                )
+                session.add(row)
+            row.seen, row.up = with_sample(row.seen, row.up, index, is_up)
+            session.flush()
 
 
 def pending_cvm(sessions: sessionmaker[Session], provider: str = "aws") -> str:

@@ -37,6 +37,7 @@ MAX_BUFFERED_EVENTS = 100_000
 # A reconnect costs this much of the CVM's byte budget (it writes a session
 # and an event): an agent reconnecting in a loop is refused, not served.
 CONNECT_COST = 4096
+STORE_UNREACHABLE = "this replica cannot reach the store; reconnect"
 
 
 @dataclass(eq=False)
@@ -328,7 +329,7 @@ class Hub:
             renewal, deleted = await self._db(renew)
         except StoreUnavailable:
             if self._clock() - self._store_reached > self._ttl.total_seconds() / 2:
-                self._drop_all("this replica cannot reach the store")
+                self._drop_all(STORE_UNREACHABLE)
             raise
         self._store_reached = self._clock()
         if renewal.reopened:
@@ -347,9 +348,9 @@ class Hub:
     def _drop_all(self, reason: str) -> None:
         streams = [c for c in self._connections.values() if not c.closing]
         if streams:
-            log.warning("agents endpoint: %s; dropping %d streams", reason, len(streams))
+            log.warning("agents endpoint: dropping %d streams: %s", len(streams), reason)
         for connection in streams:
-            connection.drop(f"{reason}; reconnect")
+            connection.drop(reason)
 
     def _forget_idle_budgets(self) -> None:
         now = self._clock()

@@ -24,11 +24,11 @@ CUT_MARK = "… [cut: {size} bytes]"
 
 @dataclass(frozen=True)
 class AgentLimits:
-    """The caps; see the ``agent_*`` and ``evidence_*`` settings."""
+    """The caps; see the ``agent_*`` and ``evidence_per_minute`` settings (the
+    evidence size cap is the Appraiser's: ``evidence_max_bytes``)."""
 
     message_max_bytes: int = 8192
     bytes_per_second: int = 16384
-    evidence_max_bytes: int = 262_144
     evidence_per_minute: int = 4
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from prism_backends.agents.limits import EventBounds
 from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSession
 from prism_backends.cvms.models import CVM
 from prism_backends.vocabulary import Status
@@ -206,24 +207,17 @@ def events_page(
     return list(rows), int(total or 0)
 
 
-def prune_events(
-    session: Session,
-    *,
-    received_before: datetime,
-    bound: tuple[int, int],
-    trim_to: tuple[int, int],
-) -> None:
-    """Forget events past the retention; a CVM past its ``bound`` (events,
-    bytes) keeps its newest, ``trim_to``."""
-    keep_per_cvm, keep_bytes = bound
+def prune_events(session: Session, *, received_before: datetime, bounds: EventBounds) -> None:
+    """Forget events past the retention; a CVM past its bounds keeps its newest
+    (``bounds.trim_count``, ``bounds.trim_size``)."""
     session.execute(delete(AgentEvent).where(AgentEvent.received_at < received_before))
     crowded = session.execute(
         select(AgentEvent.cvm_id)
         .group_by(AgentEvent.cvm_id)
-        .having((func.count() > keep_per_cvm) | (func.sum(AgentEvent.size) > keep_bytes))
+        .having((func.count() > bounds.count) | (func.sum(AgentEvent.size) > bounds.size))
     ).scalars()
     for cvm_id in list(crowded):
-        trim_events(session, cvm_id, keep=trim_to[0], keep_bytes=trim_to[1])
+        trim_events(session, cvm_id, keep=bounds.trim_count, keep_bytes=bounds.trim_size)
 
 
 def trim_events(session: Session, cvm_id: str, *, keep: int, keep_bytes: int) -> None:

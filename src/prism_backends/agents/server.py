@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.agents import repository
-from prism_backends.agents.hub import Connection, Hub
+from prism_backends.agents.hub import STORE_UNREACHABLE, Connection, Hub
 from prism_backends.agents.limits import AgentLimits, EventBounds, cut
 from prism_backends.agents.pki import AgentCA, load_or_create_server_credentials
 from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
@@ -33,9 +33,6 @@ from prism_backends.db.engine import unit_of_work
 from prism_backends.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-
-STORE_UNAVAILABLE = "this replica cannot reach the store; reconnect"
 
 
 class Refused(Exception):
@@ -97,7 +94,7 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
             connection = Connection(identity.cvm_id)
             await self._hub.attach(connection)
         except StoreUnavailable:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNREACHABLE)
             raise  # abort raises; this keeps the type checker informed
         reader = asyncio.create_task(self._read(connection, request_iterator))
         outgoing: asyncio.Future[cvms_pb2.ServerStreamMessage | None] | None = None
@@ -244,7 +241,6 @@ class AgentsEndpoint:
             limits=AgentLimits(
                 message_max_bytes=settings.agent_message_max_bytes,
                 bytes_per_second=settings.agent_bytes_per_second,
-                evidence_max_bytes=settings.evidence_max_bytes,
                 evidence_per_minute=settings.evidence_per_minute,
             ),
             bounds=EventBounds(settings.events_per_cvm, settings.events_bytes_per_cvm),

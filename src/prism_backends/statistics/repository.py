@@ -3,7 +3,6 @@ sampler's writes are system-wide by design (it samples every live CVM)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import date, datetime
 
 from sqlalchemy import (
@@ -14,16 +13,14 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    insert,
     literal,
     select,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from prism_backends.cvms.models import CVM
-from prism_backends.statistics.bitmap import bitmap_size, slot_index, with_sample
+from prism_backends.statistics.bitmap import bitmap_size, slot_index
 from prism_backends.statistics.models import SampledSlot, UptimeDay
 from prism_backends.vocabulary import State, Status
 
@@ -87,61 +84,6 @@ def sample_every_live_cvm(session: Session, slot_at: datetime, interval_seconds:
         },
     )
     session.execute(statement)
-
-
-def record_slot(
-    session: Session, slot_at: datetime, interval_seconds: int, observations: Mapping[str, bool]
-) -> None:
-    """Set one slot's bit for each of these CVMs (True: its agent was up): a
-    history as given, for imports and tests; the sampler samples the store
-    itself (``sample_every_live_cvm``)."""
-    if not observations:
-        return
-    day, index = slot_index(slot_at, interval_seconds)
-    empty = bytes(bitmap_size(interval_seconds))
-    cvm_ids = list(observations)
-    existing: dict[str, UptimeDay] = {}
-    for start in range(0, len(cvm_ids), 1000):
-        chunk = cvm_ids[start : start + 1000]
-        for row in session.scalars(
-            select(UptimeDay)
-            .where(
-                UptimeDay.cvm_id.in_(chunk),
-                UptimeDay.day == day,
-                UptimeDay.interval_seconds == interval_seconds,
-            )
-            .with_for_update()
-        ):
-            existing[row.cvm_id] = row
-    updates: list[dict[str, object]] = []
-    inserts: list[dict[str, object]] = []
-    for cvm_id, is_up in observations.items():
-        found = existing.get(cvm_id)
-        seen, up = with_sample(
-            found.seen if found else empty, found.up if found else empty, index, is_up
-        )
-        if found is None:
-            inserts.append(
-                {
-                    "cvm_id": cvm_id,
-                    "day": day,
-                    "interval_seconds": interval_seconds,
-                    "seen": seen,
-                    "up": up,
-                }
-            )
-        else:
-            updates.append({"row_id": found.id, "seen": seen, "up": up})
-    table = UptimeDay.__table__
-    if inserts:
-        session.connection().execute(insert(UptimeDay), inserts)
-    if updates:
-        statement = (
-            update(UptimeDay)
-            .where(table.c.id == bindparam("row_id"))
-            .values(seen=bindparam("seen"), up=bindparam("up"))
-        )
-        session.connection().execute(statement, updates)
 
 
 def prune(session: Session, *, before_day: date, slots_before: datetime) -> None:

@@ -80,11 +80,9 @@ class Sampler:
         keep_from = now - timedelta(days=settings.stats_retention_days)
         with unit_of_work(self._sessions) as session:
             repository.prune(session, before_day=keep_from.date(), slots_before=keep_from)
-            bounds = EventBounds(settings.events_per_cvm, settings.events_bytes_per_cvm)
             agents_repository.prune_events(
                 session,
                 received_before=now - timedelta(days=settings.events_retention_days),
-                bound=(bounds.count, bounds.size),
-                trim_to=(bounds.trim_count, bounds.trim_size),
+                bounds=EventBounds(settings.events_per_cvm, settings.events_bytes_per_cvm),
             )
         self._last_prune = now
