@@ -69,16 +69,20 @@ import grpc
 import psycopg
 from sqlalchemy.engine import make_url
 
-from bench.http_latency import (
-    _child_env,
-    _cli,
-    _raise_on_sigterm,
+from bench.harness import (
+    child_env,
+    cli,
+    cpu_ticks,
     drop_database,
+    exit_cleanly_on_signals,
     free_port,
     libpq_conninfo,
+    machine_ticks,
     percentile,
+    postgres_ticks,
     recreate_database,
     run_cli,
+    status_kib,
 )
 from bench.store import copy_model_rows
 from prism_backends.agents.models import AgentCredential
@@ -330,22 +334,6 @@ def set_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-
-
-def status_kib(pid: int, key: str) -> int:
-    """A ``kB`` line of /proc/PID/status (VmRSS, VmHWM ...)."""
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1])
-    return 0
-
-
 def status_value(pid: int, key: str) -> str:
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
@@ -365,28 +353,6 @@ def nofile_limit(pid: int) -> str:
                 soft, hard = line.split()[3:5]
                 return f"{soft}/{hard}"
     return "?"
-
-
-def postgres_ticks() -> dict[int, int]:
-    """CPU ticks of every PostgreSQL process on this machine (the store is local)."""
-    found: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{entry}/comm") as handle:
-                if handle.read().strip() != "postgres":
-                    continue
-            found[int(entry)] = cpu_ticks(int(entry))
-    return found
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores, from /proc/stat."""
-    with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return sum(values) - idle, sum(values)
 
 
 # --- The data ------------------------------------------------------------------------------
@@ -506,11 +472,11 @@ class AgentsServer:
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = data_dir / "agents.log"
         self._log = self.log_path.open("wb")
-        env = _child_env()
+        env = child_env()
         env["PRISM_BACKENDS_HEARTBEAT_SECONDS"] = str(heartbeat)
         env["PRISM_BACKENDS_OFFLINE_AFTER_SECONDS"] = str(offline_after)
         self.process = subprocess.Popen(
-            _cli(
+            cli(
                 "agents",
                 "--database-url",
                 database_url,
@@ -966,8 +932,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    exit_cleanly_on_signals()
     url = make_url(args.database_url)
     database = str(url.database)
     database_url = url.render_as_string(hide_password=False)

@@ -21,7 +21,8 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from bench.http_latency import fill_database, libpq_conninfo, recreate_database, run_cli
+from bench.cvm_fill import fill_database
+from bench.harness import libpq_conninfo, recreate_database, run_cli
 from prism_backends.config import Settings
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work

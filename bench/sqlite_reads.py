@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.http_latency import BASE_PATH, Server, percentile, run_cli
+from bench.harness import BASE_PATH, Server, percentile, run_cli
 
 DOMAIN = "bench-sqlite"
 

@@ -59,21 +59,21 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from bench.http_latency import (
+from bench.harness import (
     BASE_PATH,
     Call,
     Operation,
     Result,
     Server,
-    _raise_on_sigterm,
     drop_database,
+    exit_cleanly_on_signals,
     libpq_conninfo,
     measure,
     percentile,
     recreate_database,
     run_cli,
 )
-from bench.http_latency import table as results_table
+from bench.harness import table as results_table
 from bench.store import copy_model_rows
 from prism_backends.auth.permissions import Role
 from prism_backends.auth.principal import Principal
@@ -533,8 +533,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    exit_cleanly_on_signals()
     url = make_url(args.database_url)
     database = str(url.database)
     database_url = url.render_as_string(hide_password=False)
@@ -620,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--- server log tail ---\n{server.log_tail()}", file=sys.stderr)
             raise
         finally:
-            signal.signal(signal.SIGTERM, _raise_on_sigterm)
+            exit_cleanly_on_signals()
         if server.process.poll() is not None:
             raise RuntimeError(f"the server died during the run:\n{server.log_tail()}")
         slots_during = sampled_slots(conninfo) - slots_before
