@@ -42,6 +42,7 @@ from starlette.routing import Route
 from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.config import Settings
 from prism_backends.cvms.models import CVM
+from prism_backends.cvms.repository import SHOWN_COLUMNS
 from prism_backends.db.engine import SQLITE_BUSY_TIMEOUT_MS
 from prism_backends.pricing.table import estimate_cents
 from prism_backends.runtime import Runtime
@@ -49,17 +50,21 @@ from prism_backends.vocabulary import Platform
 
 BASE_PATH = "/backends"
 ALL_COLUMNS = tuple(column.name for column in CVM.__table__.columns)
-PAGE_COLUMNS = tuple(name for name in ALL_COLUMNS if name != "attestation")
+PAGE_COLUMNS = SHOWN_COLUMNS  # what the wire form shows
+VIEW_COLUMNS = (*SHOWN_COLUMNS, "attestation")
 NEWEST_FIRST = "ORDER BY cvms.created_at DESC, cvms.id DESC"
 LIVE = "cvms.deleted_at IS NULL"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+Statement = tuple[str, Sequence[Any]]
 
 
 def _select(columns: Sequence[str]) -> str:
     return "SELECT " + ", ".join(f"cvms.{name}" for name in columns) + " FROM cvms"
 
 
-VIEW_SQL = f"{_select(ALL_COLUMNS)} WHERE cvms.domain_id = ? AND cvms.id = ? AND {LIVE}"
+VIEW_SQL = f"{_select(VIEW_COLUMNS)} WHERE cvms.domain_id = ? AND cvms.id = ? AND {LIVE}"
 NAME_TAKEN_SQL = f"SELECT cvms.id FROM cvms WHERE cvms.domain_id = ? AND cvms.name = ? AND {LIVE}"
 # SQLAlchemy spells a LIMIT without OFFSET so on PostgreSQL; SQLite's grammar wants both.
 NAME_TAKEN = {
@@ -85,8 +90,9 @@ def list_statements(
     created_after: datetime | None,
     limit: int,
     offset: int,
-) -> list[tuple[str, list[Any]]]:
-    """The page and its count, as the service's repository builds them."""
+) -> list[Statement]:
+    """The page and its count (from the domain's tally unless a name or an age
+    is asked), as the service's repository builds them."""
     where = ["cvms.domain_id = ?"]
     params: list[Any] = [domain_id]
     if status == "inactive":
@@ -112,13 +118,32 @@ def list_statements(
         f" (SELECT cvms.id FROM cvms WHERE {condition} {NEWEST_FIRST} LIMIT ? OFFSET ?)"
         f" {NEWEST_FIRST}"
     )
-    count = f"SELECT count(*) AS count_1 FROM cvms WHERE {condition}"
-    return [(page, [domain_id, *params, limit, offset]), (count, params)]
+    if name or created_after is not None:
+        count = f"SELECT count(*) AS count_1 FROM cvms WHERE {condition}"
+        return [(page, [domain_id, *params, limit, offset]), (count, params)]
+    return [
+        (page, [domain_id, *params, limit, offset]),
+        tally_statement(domain_id, status, cc_platform),
+    ]
+
+
+def tally_statement(domain_id: str, status: str | None, cc_platform: str | None) -> Statement:
+    where = ["cvm_tallies.domain_id = ?", "cvm_tallies.live = ?"]
+    params: list[Any] = [domain_id, status != "inactive"]
+    if status is not None and status != "inactive":
+        where.append("cvm_tallies.status = ?")
+        params.append(status)
+    if cc_platform is not None:
+        where.append("cvm_tallies.cc_platform = ?")
+        params.append(cc_platform)
+    sql = (
+        "SELECT coalesce(sum(cvm_tallies.change), ?) AS coalesce_1 FROM cvm_tallies"
+        f" WHERE {' AND '.join(where)}"
+    )
+    return sql, [0, *params]
 
 
 # --- The store ---------------------------------------------------------------------------
-
-Statement = tuple[str, Sequence[Any]]
 
 
 class Store:
@@ -297,7 +322,7 @@ def create_anchor(
             if not _UUID.fullmatch(cvm_id):
                 raise LookupError
             with store.transaction(read_only=True) as run:  # rolled back when not found
-                row = _one(run(VIEW_SQL, (domain_id, cvm_id)), ALL_COLUMNS)
+                row = _one(run(VIEW_SQL, (domain_id, cvm_id)), VIEW_COLUMNS)
                 if row is None:
                     raise LookupError
         except LookupError:
@@ -323,7 +348,7 @@ def create_anchor(
         )
         with store.transaction(read_only=True) as run:
             rows = [dict(zip(PAGE_COLUMNS, r, strict=True)) for r in run(*page).fetchall()]
-            total = run(*count).fetchone()[0]
+            total = int(run(*count).fetchone()[0])  # PostgreSQL sums a bigint as numeric
         cvms = [render(row, with_evidence=False) for row in rows]
         return json_response({"cvms": cvms, "total": total, "limit": limit, "offset": offset})
 

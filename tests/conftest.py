@@ -41,6 +41,7 @@ TABLES = (
     "agent_credentials",
     "cvm_uptime_days",
     "sampled_slots",
+    "cvm_tallies",
     "cvms",
 )
 

@@ -23,6 +23,7 @@ from tests.conftest import BACKENDS, POSTGRES_ENV, postgres_base_url
 
 TABLES = {
     "cvms",
+    "cvm_tallies",
     "cvm_uptime_days",
     "sampled_slots",
     "agent_credentials",
@@ -194,19 +195,7 @@ def test_the_store_is_usable_after_a_round_trip(empty_engine: Engine) -> None:
     migrate.downgrade(empty_engine, "base")
     migrate.upgrade(empty_engine)
     with empty_engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO cvms (id, domain_id, name, provider, cc_platform, vcpus,"
-                " agent_log_level, agent_url, cvm_id, state, status, error,"
-                " monthly_cost_cents, price_table_version, attestation_token,"
-                " created_at, updated_at, request_digest, attempts,"
-                " attestation_policy_source, attestation_error, attestations_verified,"
-                " attestations_failed)"
-                " VALUES ('c1', 'd', 'n', 'external', 'sev-snp', 2, 'info', '', '',"
-                " 'pending', 'starting', '', 0, '', '', :now, :now, '', 0, '', '', 0, 0)"
-            ),
-            {"now": "2026-01-01 00:00:00"},
-        )
+        _insert_cvm(connection, "c1")
         connection.execute(
             text(
                 "INSERT INTO cvm_uptime_days (cvm_id, day, interval_seconds, seen, up)"
@@ -217,3 +206,33 @@ def test_the_store_is_usable_after_a_round_trip(empty_engine: Engine) -> None:
         connection.execute(text("DELETE FROM cvms WHERE id = 'c1'"))
         remaining = connection.execute(text("SELECT count(*) FROM cvm_uptime_days")).scalar_one()
     assert remaining == 0
+
+
+def _insert_cvm(connection: Any, cvm_id: str, status: str = "starting") -> None:
+    connection.execute(
+        text(
+            "INSERT INTO cvms (id, domain_id, name, provider, cc_platform, vcpus,"
+            " agent_log_level, agent_url, cvm_id, state, status, error,"
+            " monthly_cost_cents, price_table_version, attestation_token,"
+            " created_at, updated_at, request_digest, attempts,"
+            " attestation_policy_source, attestation_error, attestations_verified,"
+            " attestations_failed)"
+            " VALUES (:id, 'd', :id, 'external', 'sev-snp', 2, 'info', '', '',"
+            " 'pending', :status, '', 0, '', '', :now, :now, '', 0, '', '', 0, 0)"
+        ),
+        {"id": cvm_id, "status": status, "now": "2026-01-01 00:00:00"},
+    )
+
+
+def test_upgrading_to_tallies_counts_the_cvms_already_there(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine, "0004")
+    with empty_engine.begin() as connection:
+        for number, status in enumerate(["running", "running", "failed"]):
+            _insert_cvm(connection, f"c{number}", status)
+    migrate.upgrade(empty_engine)
+    with empty_engine.begin() as connection:
+        _insert_cvm(connection, "c9", "running")
+        counts = connection.execute(
+            text("SELECT status, sum(change) FROM cvm_tallies GROUP BY status ORDER BY status")
+        ).all()
+    assert [tuple(row) for row in counts] == [("failed", 1), ("running", 3)]

@@ -17,6 +17,7 @@ from prism_backends.cvms.schemas import (
     CVMPage,
     StatSample,
     StatsOut,
+    cvm_document,
     rfc3339,
 )
 from prism_backends.db.engine import unit_of_work
@@ -79,7 +80,7 @@ def create_cvm(
         )
     location = f"{runtime.settings.base_path}/{domain_id}/cvms/{outcome.cvm.id}"
     return JSONResponse(
-        CVMOut.of(outcome.cvm).model_dump(),
+        cvm_document(outcome.cvm, outcome.cvm.attestation),
         status_code=201 if outcome.created else 200,
         headers={"Location": location},
     )
@@ -111,7 +112,7 @@ def list_cvms(
             "'attestation' empty (View always carries it)."
         ),
     ] = None,
-) -> CVMPage:
+) -> Response:
     service.check_domain(domain_id, domain_query)
     with unit_of_work(runtime.sessions, read_only=True) as session:
         listing = service.list_cvms(
@@ -126,8 +127,11 @@ def list_cvms(
             cc_platform=cc_platform,
             include=include,
         )
-        cvms = [CVMOut.of(row, with_evidence=listing.with_evidence) for row in listing.rows]
-    return CVMPage(cvms=cvms, total=listing.total, limit=listing.limit, offset=listing.offset)
+    with_evidence = listing.with_evidence
+    cvms = [cvm_document(row, row.attestation if with_evidence else None) for row in listing.rows]
+    return JSONResponse(
+        {"cvms": cvms, "total": listing.total, "limit": listing.limit, "offset": listing.offset}
+    )
 
 
 @router.get(
@@ -142,11 +146,11 @@ def view_cvm(
     domain_id: Annotated[str, Path(alias="domainID")],
     cvm_id: Annotated[str, Path(alias="id")],
     domain_query: DomainQuery = None,
-) -> CVMOut:
+) -> Response:
     service.check_domain(domain_id, domain_query)
     with unit_of_work(runtime.sessions, read_only=True) as session:
         cvm = service.get_cvm(principal, session, domain_id=domain_id, cvm_id=cvm_id)
-        return CVMOut.of(cvm)
+    return JSONResponse(cvm_document(cvm, cvm.attestation))
 
 
 @router.delete(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, Integer, LargeBinary, String, Text, text
+from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from prism_backends.db.base import Base, UTCDateTime
@@ -100,3 +100,28 @@ class CVM(Base):
             postgresql_where=text("next_attempt_at IS NOT NULL"),
         ),
     )
+
+
+class CVMTally(Base):
+    """How many of a domain's CVMs stand in each (status, platform, live)
+    group, as a log of signed changes: the store's triggers add a row for every
+    change to ``cvms`` (in the changing transaction), and ``cvms.tally.compact``
+    folds each domain's rows into one per group from time to time.
+
+    A list's ``total`` is then a sum over a few dozen rows, exact in the
+    reader's snapshot, instead of a count over every matching CVM. Changes are
+    only ever inserted, so concurrent writers never wait on a counter row.
+    """
+
+    __tablename__ = "cvm_tallies"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    domain_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    cc_platform: Mapped[str] = mapped_column(String(16))
+    live: Mapped[bool] = mapped_column(Boolean)  # deleted_at IS NULL
+    change: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_cvm_tallies_domain", "domain_id"),)

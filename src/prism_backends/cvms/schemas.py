@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC, datetime
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from prism_backends.cvms.models import CVM
 from prism_backends.pricing.core import format_usd
 from prism_backends.vocabulary import LogLevel
 
@@ -101,32 +101,57 @@ class CVMOut(BaseModel):
     )
     updated_at: str
 
-    @classmethod
-    def of(cls, cvm: CVM, *, with_evidence: bool = True) -> CVMOut:
-        """The wire form; ``with_evidence=False`` leaves ``attestation`` empty
-        (lists do unless asked, and do not load it)."""
-        evidence = cvm.attestation if with_evidence else None
-        return cls(
-            id=cvm.id,
-            name=cvm.name,
-            cvm_id=cvm.cvm_id,
-            agent_url=cvm.agent_url,
-            status=cvm.status,
-            state=cvm.state,
-            created_at=rfc3339(cvm.created_at),
-            deleted_at=rfc3339(cvm.deleted_at),
-            provider=cvm.provider,
-            vcpus=cvm.vcpus,
-            attestation=base64.b64encode(evidence).decode() if evidence else "",
-            attestation_token=cvm.attestation_token,
-            agent_log_level=cvm.agent_log_level,
-            monthly_cost_estimate=format_usd(cvm.monthly_cost_cents),
-            cc_platform=cvm.cc_platform,
-            domain_id=cvm.domain_id,
-            error=cvm.error,
-            attestation_error=cvm.attestation_error,
-            updated_at=rfc3339(cvm.updated_at),
-        )
+
+class ShowsCVM(Protocol):
+    """What the wire form reads: a CVM row, or the columns of it the view and
+    list routes select (cvms/repository.SHOWN_COLUMNS)."""
+
+    id: str
+    name: str
+    cvm_id: str
+    agent_url: str
+    status: str
+    state: str
+    created_at: datetime
+    deleted_at: datetime | None
+    provider: str
+    vcpus: int
+    attestation_token: str
+    agent_log_level: str
+    monthly_cost_cents: int
+    cc_platform: str
+    domain_id: str
+    error: str
+    attestation_error: str
+    updated_at: datetime
+
+
+def cvm_document(cvm: ShowsCVM, evidence: bytes | None) -> dict[str, Any]:
+    """A CVM's wire form (``CVMOut``, field for field and in its order) as
+    plain data, ready for the JSON encoder: the routes that show CVMs render
+    this directly rather than build and validate a model per CVM (a test holds
+    it to ``CVMOut``). ``evidence`` is None where a list leaves it out."""
+    return {
+        "id": cvm.id,
+        "name": cvm.name,
+        "cvm_id": cvm.cvm_id,
+        "agent_url": cvm.agent_url,
+        "status": cvm.status,
+        "state": cvm.state,
+        "created_at": rfc3339(cvm.created_at),
+        "deleted_at": rfc3339(cvm.deleted_at),
+        "provider": cvm.provider,
+        "vcpus": cvm.vcpus,
+        "attestation": base64.b64encode(evidence).decode() if evidence else "",
+        "attestation_token": cvm.attestation_token,
+        "agent_log_level": cvm.agent_log_level,
+        "monthly_cost_estimate": format_usd(cvm.monthly_cost_cents),
+        "cc_platform": cvm.cc_platform,
+        "domain_id": cvm.domain_id,
+        "error": cvm.error,
+        "attestation_error": cvm.attestation_error,
+        "updated_at": rfc3339(cvm.updated_at),
+    }
 
 
 class CVMPage(BaseModel):

@@ -235,7 +235,7 @@ def _idempotent_replay(session: Session, domain_id: str, key: str, digest: str) 
 
 @dataclass(frozen=True)
 class CVMListing:
-    rows: list[CVM]
+    rows: list[repository.ShownCVM]
     total: int
     limit: int
     offset: int
@@ -323,23 +323,33 @@ def _parse_days(raw: str | None) -> datetime | None:
     return utcnow() - timedelta(days=days)
 
 
-def get_cvm(principal: Principal, session: Session, *, domain_id: str, cvm_id: str) -> CVM:
+def get_cvm(
+    principal: Principal, session: Session, *, domain_id: str, cvm_id: str
+) -> repository.ShownCVM:
+    """What the view route shows of a live CVM."""
     principal.require(domain_id, Permission.READ)
-    return _live_or_404(session, domain_id, cvm_id)
+    cvm = repository.shown_live(session, domain_id, cvm_id)
+    if cvm is None:
+        raise _not_found(domain_id, cvm_id)
+    return cvm
 
 
 def _live_or_404(session: Session, domain_id: str, cvm_id: str) -> CVM:
     cvm = repository.get_live(session, domain_id, cvm_id)
     if cvm is None:
-        raise NotFound(f"no CVM {cvm_id!r} in domain {domain_id!r}")
+        raise _not_found(domain_id, cvm_id)
     return cvm
+
+
+def _not_found(domain_id: str, cvm_id: str) -> NotFound:
+    return NotFound(f"no CVM {cvm_id!r} in domain {domain_id!r}")
 
 
 def delete_cvm(principal: Principal, session: Session, *, domain_id: str, cvm_id: str) -> None:
     principal.require(domain_id, Permission.DELETE)
     now = utcnow()
     if not repository.mark_deleted(session, domain_id, cvm_id, now):
-        raise NotFound(f"no CVM {cvm_id!r} in domain {domain_id!r}")
+        raise _not_found(domain_id, cvm_id)
     # Its agent is refused from now on; the endpoint holding its stream sends
     # disconnectReq at its next heartbeat.
     agents_repository.revoke(session, domain_id, cvm_id, now)

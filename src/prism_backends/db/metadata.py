@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSession
 from prism_backends.attestation.models import TokenSigningKey
-from prism_backends.cvms.models import CVM
+from prism_backends.cvms.models import CVM, CVMTally
 from prism_backends.db.base import Base
 from prism_backends.statistics.models import SampledSlot, UptimeDay
 
@@ -15,6 +15,7 @@ __all__ = [
     "AgentCredential",
     "AgentEvent",
     "AgentSession",
+    "CVMTally",
     "SampledSlot",
     "TokenSigningKey",
     "UptimeDay",

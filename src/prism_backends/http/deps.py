@@ -1,4 +1,8 @@
-"""Request dependencies: the runtime, and the principal behind the bearer token."""
+"""Request dependencies: the runtime, and the principal behind the bearer token.
+
+Both run on the event loop (``async``, with nothing to await): FastAPI runs a
+plain ``def`` dependency on the thread pool, a hop per dependency per request,
+and neither does I/O (a token is verified in memory, in about 0.3 ms)."""
 
 from __future__ import annotations
 
@@ -15,12 +19,12 @@ from prism_backends.runtime import Runtime
 _bearer = HTTPBearer(auto_error=False, description="A JWT from `prism-backends token issue`.")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

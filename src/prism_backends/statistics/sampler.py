@@ -3,7 +3,7 @@
 Every process that runs it (``serve``, ``worker``, ``agents``) may; the first
 to claim a sampling instant samples it, so instants are never counted twice.
 The reaper marks offline the CVMs whose agent stopped answering, or whose
-session's replica stopped renewing it (it crashed).
+session's replica stopped renewing it (it crashed), and folds the CVM tallies.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from prism_backends.agents import repository as agents_repository
 from prism_backends.agents.limits import EventBounds
 from prism_backends.config import Settings
+from prism_backends.cvms import tally
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
 from prism_backends.errors import StoreUnavailable
@@ -68,6 +69,7 @@ class Sampler:
         slot = slot_start(now, self._interval)
         with unit_of_work(self._sessions) as session:
             agents_repository.expire_sessions(session, now, silent_since)
+            tally.fold(session)
             sampled = repository.claim_slot(session, slot, self._owner, now)
             if sampled:
                 repository.sample_every_live_cvm(session, slot, self._interval)
