@@ -98,11 +98,20 @@ def get_by_idempotency_key(session: Session, domain_id: str, key: str) -> CVM | 
     ).first()
 
 
-def live_name_taken(session: Session, domain_id: str, name: str) -> bool:
-    query = select(CVM.id).where(
-        CVM.domain_id == domain_id, CVM.name == name, CVM.deleted_at.is_(None)
+_LIVE_NAME = (
+    select(_CVMS.c.id)
+    .where(
+        _CVMS.c.domain_id == bindparam("domain_id"),
+        _CVMS.c.name == bindparam("name"),
+        _CVMS.c.deleted_at.is_(None),
     )
-    return session.scalars(query.limit(1)).first() is not None
+    .limit(1)
+)
+
+
+def live_name_taken(session: Session, domain_id: str, name: str) -> bool:
+    found = session.execute(_LIVE_NAME, {"domain_id": domain_id, "name": name}).first()
+    return found is not None
 
 
 def add(session: Session, cvm: CVM) -> None:
