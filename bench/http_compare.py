@@ -14,7 +14,9 @@ its CPU per request (the server process, all threads) and PostgreSQL's CPU per r
 
 The machine should be otherwise idle; wrk shares it with the servers. ``--ours-path``
 runs another checkout's service (its ``src``) against the same anchor, for a before and
-after on one machine. It asserts nothing about speed.
+after on one machine, while both are at the same schema revision (the store is migrated
+by this checkout); across a migration, run each checkout's own copy of this benchmark
+(``PYTHONPATH=<checkout>/src:<checkout>``). It asserts nothing about speed.
 """
 
 from __future__ import annotations

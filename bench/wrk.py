@@ -71,6 +71,27 @@ end
 }
 
 
+# Appended for a run that wants its throughput second by second: each thread counts
+# its responses per wall-clock second (a global, so that done() can read it).
+_PER_SECOND = r"""
+per_second = {}
+function response(status, headers, body)
+  local now = os.time()
+  per_second[now] = (per_second[now] or 0) + 1
+end
+
+local summary_done = done
+function done(summary, latency, requests)
+  summary_done(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    for second, count in pairs(thread:get("per_second")) do
+      io.write(string.format("%(mark)sSECOND %%d %%d\n", second, count))
+    end
+  end
+end
+"""
+
+
 @dataclass(frozen=True)
 class WrkRun:
     requests: int
@@ -79,17 +100,25 @@ class WrkRun:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    # Responses per wall-clock second (Unix time), for scripts made with per_second=True.
+    per_wall_second: dict[int, int] | None = None
 
     @property
     def per_second(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def lua_script(kind: str, cvms_path: str, queries: list[str] | None = None) -> str:
-    """``kind``: view, create, or rotate (GET the list with each query string in turn)."""
+def lua_script(
+    kind: str, cvms_path: str, queries: list[str] | None = None, *, per_second: bool = False
+) -> str:
+    """``kind``: view, create, or rotate (GET the list with each query string in turn);
+    ``per_second`` also counts the responses of every wall-clock second."""
     choices = ", ".join(json.dumps(q) for q in (queries or [""]))
     body = REQUESTS[kind] % {"cvms": cvms_path, "choices": choices}
-    return _COMMON.replace("%(mark)s", RESULT_MARK) + body
+    script = _COMMON.replace("%(mark)s", RESULT_MARK) + body
+    if per_second:
+        script += _PER_SECOND % {"mark": RESULT_MARK}
+    return script
 
 
 def require_wrk() -> str:
@@ -131,6 +160,14 @@ def run_wrk(
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    seconds_lines = [line for line in lines if line.startswith(f"{RESULT_MARK}SECOND ")]
+    lines = [line for line in lines if line not in seconds_lines]
+    if not lines:
+        raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+    per_wall_second: dict[int, int] = {}
+    for line in seconds_lines:
+        _, second, count = line.removeprefix(RESULT_MARK).split()
+        per_wall_second[int(second)] = per_wall_second.get(int(second), 0) + int(count)
     found = json.loads(lines[-1].removeprefix(RESULT_MARK))
     errors = sum(found[key] for key in ("connect", "read", "write", "status", "timeout"))
     return WrkRun(
@@ -140,4 +177,5 @@ def run_wrk(
         p50_ms=found["p50_us"] / 1000,
         p99_ms=found["p99_us"] / 1000,
         max_ms=found["max_us"] / 1000,
+        per_wall_second=per_wall_second or None,
     )

@@ -15,7 +15,7 @@ from prism_backends.attestation.common import (
 )
 from prism_backends.attestation.tdx.roots import bundled_roots
 from prism_backends.attestation.tdx.verify import verify
-from tests.attestation.tdx import vectors
+from tests.attestation.tdx import signer, vectors
 
 V4_MR_TD = (
     "6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f"
@@ -66,6 +66,26 @@ def test_real_v4_quote_is_refused_once_its_pck_certificate_expired() -> None:
             trusted_roots=bundled_roots(),
             now=datetime(2053, 7, 1, tzinfo=UTC),
         )
+
+
+def test_a_chain_remembered_as_good_is_still_refused_once_expired() -> None:
+    """What is remembered per chain does not depend on the time; validity does."""
+    verify(vectors.quote_v4(), trusted_roots=bundled_roots(), now=vectors.V4_NOW)
+    with pytest.raises(ChainInvalid, match="expired at 2029-09-20"):
+        verify(
+            vectors.quote_v4(),
+            trusted_roots=bundled_roots(),
+            now=datetime(2053, 7, 1, tzinfo=UTC),
+        )
+    verify(vectors.quote_v4(), trusted_roots=bundled_roots(), now=vectors.V4_NOW)
+
+
+def test_a_chain_refused_once_is_refused_again_from_memory() -> None:
+    """An untrusted root is refused each time, not only on the first quote."""
+    other_root = signer.make_root().cert
+    for _ in range(2):
+        with pytest.raises(ChainInvalid, match="which is not trusted"):
+            verify(vectors.quote_v4(), trusted_roots=[other_root], now=vectors.V4_NOW)
 
 
 def test_now_must_be_timezone_aware() -> None:

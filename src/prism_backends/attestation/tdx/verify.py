@@ -179,7 +179,7 @@ def verify(
         leaf_cn=PCK_CERTIFICATE_CN,
         intermediate_cns=frozenset(PCK_CA_CNS),
     )
-    pck = pck_extensions(chain[0])
+    pck = _pck_extensions(chain[0])
     verify_quote_signature(quote)
     verify_qe_report(quote, chain[0])
     if collateral is None and fetcher is not None:
@@ -215,10 +215,9 @@ def verify_qe_report(quote: Quote, pck_certificate: x509.Certificate) -> None:
     """Check the QE report's signature by the PCK key and its binding of the
     attestation key (report_data = SHA-256(key || QE auth data) || 32 zeros)."""
     certification = quote.signed_data.certification
-    key = pck_certificate.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):  # pragma: no cover - chain checked
-        raise ChainInvalid("the PCK certificate's key is not an EC key")
-    if not _ecdsa_ok(key, certification.qe_report_signature, certification.qe_report_raw):
+    if not _qe_report_signed(
+        pck_certificate, certification.qe_report_signature, certification.qe_report_raw
+    ):
         raise SignatureInvalid("the QE report signature does not verify with the PCK key")
     digest = hashlib.sha256(quote.signed_data.attestation_key + certification.qe_auth_data).digest()
     report_data = certification.qe_report.report_data
@@ -238,33 +237,50 @@ def verify_chain(
     leaf_cn: str,
     intermediate_cns: frozenset[str] | None = None,
 ) -> None:
-    """Check a leaf-first chain ending in a self-issued root: algorithms (v3,
-    P-256, ECDSA-SHA256), validity at ``now``, subject names, issuer/subject
+    """Check a leaf-first chain ending in a self-issued root: validity at
+    ``now``, algorithms (v3, P-256, ECDSA-SHA256), subject names, issuer/subject
     links, the root being trusted, and cryptography's path validation."""
     if len(chain) < 2:
         raise ChainInvalid(f"{what} has {len(chain)} certificate(s); it must end in its root")
     try:
-        _check_shape(chain, now, what, leaf_cn, intermediate_cns)
+        for certificate in chain:
+            _check_validity(certificate, now, what)
     except _X509_ERRORS as exc:
         raise ChainInvalid(f"{what}: a certificate is malformed: {exc}") from exc
-    root = chain[-1]
-    if not any(root == trusted for trusted in trusted_roots):
-        raise ChainInvalid(
-            f"{what} ends in root {root.subject.rfc4514_string()!r}, which is not trusted"
-        )
-    # _check_shape has checked every certificate's validity at `now`; what path
-    # validation adds does not depend on the time, so it is done once per
-    # chain (at an instant inside every certificate's validity) and remembered.
-    problem = _path_problem(tuple(chain), tuple(trusted_roots))
+    # Every other check does not depend on the time, and a platform sends the
+    # same chain with every quote: they are done once per chain and remembered.
+    problem = _chain_problem(tuple(chain), tuple(trusted_roots), leaf_cn, intermediate_cns)
     if problem is not None:
-        raise ChainInvalid(f"{what} {problem}")
+        raise ChainInvalid(f"{what}{problem}")
 
 
 @functools.lru_cache(maxsize=1024)
+def _chain_problem(
+    chain: tuple[x509.Certificate, ...],
+    trusted_roots: tuple[x509.Certificate, ...],
+    leaf_cn: str,
+    intermediate_cns: frozenset[str] | None,
+) -> str | None:
+    """What is wrong with the chain at any time, as the end of a sentence that
+    names it, or None."""
+    try:
+        problem = _shape_problem(chain, leaf_cn, intermediate_cns)
+    except _X509_ERRORS as exc:
+        return f": a certificate is malformed: {exc}"
+    if problem is not None:
+        return problem
+    root = chain[-1]
+    if not any(root == trusted for trusted in trusted_roots):
+        return f" ends in root {root.subject.rfc4514_string()!r}, which is not trusted"
+    return _path_problem(chain, trusted_roots)
+
+
 def _path_problem(
     chain: tuple[x509.Certificate, ...], trusted_roots: tuple[x509.Certificate, ...]
 ) -> str | None:
-    """Why cryptography's path validation refuses the chain, or None."""
+    """Why cryptography's path validation refuses the chain, or None. Validity
+    at the current time is checked apart, so the path is validated at an
+    instant inside every certificate's validity."""
     ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
         x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
     )
@@ -279,39 +295,36 @@ def _path_problem(
     try:
         verified = verifier.verify(chain[0], list(chain[1:-1]))
     except VerificationError as exc:
-        return f"does not validate: {exc}"
+        return f" does not validate: {exc}"
     if verified.chain[-1] != chain[-1]:  # pragma: no cover - the store holds the trusted roots
-        return "validated through a root other than its own"
+        return " validated through a root other than its own"
     return None
 
 
-def _check_shape(
-    chain: Sequence[x509.Certificate],
-    now: datetime,
-    what: str,
-    leaf_cn: str,
-    intermediate_cns: frozenset[str] | None,
-) -> None:
+def _shape_problem(
+    chain: Sequence[x509.Certificate], leaf_cn: str, intermediate_cns: frozenset[str] | None
+) -> str | None:
     for certificate in chain:
-        _check_algorithms(certificate, what)
-        _check_validity(certificate, now, what)
+        problem = _algorithm_problem(certificate)
+        if problem is not None:
+            return problem
     if _cn(chain[0]) != leaf_cn:
-        raise ChainInvalid(f"{what}: the leaf is {_cn(chain[0])!r}, expected {leaf_cn!r}")
+        return f": the leaf is {_cn(chain[0])!r}, expected {leaf_cn!r}"
     if intermediate_cns is not None:
         for certificate in chain[1:-1]:
             if _cn(certificate) not in intermediate_cns:
-                raise ChainInvalid(
-                    f"{what}: the CA is {_cn(certificate)!r}, expected one of"
-                    f" {sorted(intermediate_cns)}"
+                return (
+                    f": the CA is {_cn(certificate)!r}, expected one of {sorted(intermediate_cns)}"
                 )
     for child, parent in itertools.pairwise(chain):
         if child.issuer != parent.subject:
-            raise ChainInvalid(
-                f"{what}: {_cn(child)!r} is issued by {child.issuer.rfc4514_string()!r},"
+            return (
+                f": {_cn(child)!r} is issued by {child.issuer.rfc4514_string()!r},"
                 f" not by the next certificate {_cn(parent)!r}"
             )
     if chain[-1].issuer != chain[-1].subject:
-        raise ChainInvalid(f"{what} does not end in a self-issued root")
+        return " does not end in a self-issued root"
+    return None
 
 
 def evaluate_collateral(
@@ -377,16 +390,38 @@ def evaluate_collateral(
 
 
 def _pck_chain(quote: Quote) -> list[x509.Certificate]:
-    ders = quote.signed_data.certification.pck_chain_der()
+    return list(_parsed_pck_chain(quote.signed_data.certification.pck_chain_pem))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
+    """A platform sends the same PEM chain with every quote: parsed once."""
+    ders = pem_certificates(pem, what="PCK certificate chain")
     if len(ders) != 3:
         raise MalformedEvidence(
             f"the PCK certificate chain holds {len(ders)} certificate(s); expected 3"
             " (PCK, PCK CA, root)"
         )
     try:
-        return [x509.load_der_x509_certificate(der) for der in ders]
+        return tuple(x509.load_der_x509_certificate(der) for der in ders)
     except _X509_ERRORS as exc:
         raise MalformedEvidence(f"a certificate in the PCK chain does not parse: {exc}") from exc
+
+
+# The SGX extensions of a PCK certificate, parsed once per certificate (a
+# malformed one raises, and is parsed again next time).
+_pck_extensions = functools.lru_cache(maxsize=1024)(pck_extensions)
+
+
+@functools.lru_cache(maxsize=4096)
+def _qe_report_signed(pck_certificate: x509.Certificate, signature: bytes, report: bytes) -> bool:
+    """Whether the PCK key signed the QE report. The quoting enclave sends the
+    same report, bound to its attestation key, with every quote until it
+    restarts: the verdict for these exact bytes is remembered."""
+    key = pck_certificate.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):  # pragma: no cover - chain checked
+        raise ChainInvalid("the PCK certificate's key is not an EC key")
+    return _ecdsa_ok(key, signature, report)
 
 
 def _ecdsa_ok(key: ec.EllipticCurvePublicKey, signature: bytes, message: bytes) -> bool:
@@ -403,28 +438,28 @@ def _ecdsa_ok(key: ec.EllipticCurvePublicKey, signature: bytes, message: bytes) 
     return True
 
 
-def _check_algorithms(certificate: x509.Certificate, what: str) -> None:
+def _algorithm_problem(certificate: x509.Certificate) -> str | None:
     name = _cn(certificate)
     if certificate.version != x509.Version.v3:
-        raise ChainInvalid(f"{what}: {name!r} is not an X.509 v3 certificate")
+        return f": {name!r} is not an X.509 v3 certificate"
     if certificate.signature_algorithm_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA256:
-        raise ChainInvalid(f"{what}: {name!r} is not signed with ECDSA-SHA256")
+        return f": {name!r} is not signed with ECDSA-SHA256"
     key = certificate.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ChainInvalid(f"{what}: {name!r} does not hold a P-256 key")
+        return f": {name!r} does not hold a P-256 key"
+    return None
 
 
 def _check_validity(certificate: x509.Certificate, now: datetime, what: str) -> None:
-    name = _cn(certificate)
     if now < certificate.not_valid_before_utc:
         raise ChainInvalid(
-            f"{what}: {name!r} is not valid before {certificate.not_valid_before_utc.isoformat()}"
-            f" (now {now.isoformat()})"
+            f"{what}: {_cn(certificate)!r} is not valid before"
+            f" {certificate.not_valid_before_utc.isoformat()} (now {now.isoformat()})"
         )
     if now > certificate.not_valid_after_utc:
         raise ChainInvalid(
-            f"{what}: {name!r} expired at {certificate.not_valid_after_utc.isoformat()}"
-            f" (now {now.isoformat()})"
+            f"{what}: {_cn(certificate)!r} expired at"
+            f" {certificate.not_valid_after_utc.isoformat()} (now {now.isoformat()})"
         )
 
 
