@@ -1,5 +1,7 @@
 """The six CVM routes. Each parses, opens the transaction, calls one service
-function with the principal and the session, and returns a schema."""
+function with the principal and the session, and returns a schema, or for the
+routes that show CVMs the JSON of ``cvm_document`` directly (their
+``response_model`` documents it; docs/architecture.md, "Request path")."""
 
 from __future__ import annotations
 
