@@ -392,6 +392,9 @@ def _u64(data: bytes, offset: int) -> int:
 
 
 def _must_be_zero(data: bytes, lo: int, hi: int, what: str) -> None:
+    span = data[lo:hi]
+    if span.count(0) == len(span):  # in C: most reports pass, and fast
+        return
     for offset in range(lo, hi):
         if data[offset]:
             raise MalformedEvidence(
