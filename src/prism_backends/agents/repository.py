@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from prism_backends.agents.limits import EventBounds
@@ -69,16 +71,34 @@ def presented(session: Session, serial: str) -> Presented | None:
 def open_session(
     session: Session, cvm_id: str, replica: str, now: datetime, expires_at: datetime
 ) -> None:
-    """Record a new stream; a newer stream replaces an older one's row."""
-    session.execute(delete(AgentSession).where(AgentSession.cvm_id == cvm_id))
-    session.add(_new_session(cvm_id, replica, now, expires_at))
+    """Record a new stream; a newer stream replaces an older one's row.
 
-
-def _new_session(cvm_id: str, replica: str, now: datetime, expires_at: datetime) -> AgentSession:
-    """A stream's row before its agent first answered."""
-    return AgentSession(
-        cvm_id=cvm_id, replica=replica, connected_at=now, last_seen_at=None, expires_at=expires_at
+    One upsert: a delete-then-insert raced a concurrent insert of the same
+    CVM's row (a renewal reopening the stream that just ended), and the
+    loser's unique violation ended the new stream."""
+    row = _session_row(cvm_id, replica, now, expires_at)
+    statement = _upsert(session)(AgentSession).values(row)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["cvm_id"], set_={k: v for k, v in row.items() if k != "cvm_id"}
+        )
     )
+
+
+def _upsert(session: Session) -> Any:
+    """The store's INSERT with ON CONFLICT (both dialects have it)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _session_row(cvm_id: str, replica: str, now: datetime, expires_at: datetime) -> dict[str, Any]:
+    """A stream's row before its agent first answered."""
+    return {
+        "cvm_id": cvm_id,
+        "replica": replica,
+        "connected_at": now,
+        "last_seen_at": None,
+        "expires_at": expires_at,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +132,12 @@ def renew_sessions(
         holders = {row[0]: row[1] for row in rows}
         elsewhere.update(cvm_id for cvm_id, holder in holders.items() if holder != replica)
         for cvm_id in sorted(set(chunk) - set(holders)):
-            session.add(_new_session(cvm_id, replica, now, expires_at))
+            # A stream opened meanwhile (on any replica) keeps its row.
+            session.execute(
+                _upsert(session)(AgentSession)
+                .values(_session_row(cvm_id, replica, now, expires_at))
+                .on_conflict_do_nothing(index_elements=["cvm_id"])
+            )
             reopened.add(cvm_id)
     return Renewal(frozenset(reopened), frozenset(elsewhere))
 
