@@ -10,12 +10,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from prism_backends.agents.limits import EventBounds
 from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSession
 from prism_backends.cvms.models import CVM
+from prism_backends.db.engine import upsert_insert
 from prism_backends.vocabulary import Status
 
 
@@ -77,17 +77,12 @@ def open_session(
     CVM's row (a renewal reopening the stream that just ended), and the
     loser's unique violation ended the new stream."""
     row = _session_row(cvm_id, replica, now, expires_at)
-    statement = _upsert(session)(AgentSession).values(row)
+    statement = upsert_insert(session)(AgentSession).values(row)
     session.execute(
         statement.on_conflict_do_update(
             index_elements=["cvm_id"], set_={k: v for k, v in row.items() if k != "cvm_id"}
         )
     )
-
-
-def _upsert(session: Session) -> Any:
-    """The store's INSERT with ON CONFLICT (both dialects have it)."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _session_row(cvm_id: str, replica: str, now: datetime, expires_at: datetime) -> dict[str, Any]:
@@ -134,7 +129,7 @@ def renew_sessions(
         for cvm_id in sorted(set(chunk) - set(holders)):
             # A stream opened meanwhile (on any replica) keeps its row.
             session.execute(
-                _upsert(session)(AgentSession)
+                upsert_insert(session)(AgentSession)
                 .values(_session_row(cvm_id, replica, now, expires_at))
                 .on_conflict_do_nothing(index_elements=["cvm_id"])
             )

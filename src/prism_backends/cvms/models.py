@@ -105,7 +105,7 @@ class CVM(Base):
 class CVMTally(Base):
     """How many of a domain's CVMs stand in each (status, platform, live)
     group, as a log of signed changes: the store's triggers add a row for every
-    change to ``cvms`` (in the changing transaction), and ``cvms.tally.compact``
+    change to ``cvms`` (in the changing transaction), and ``cvms.tally.fold``
     folds each domain's rows into one per group from time to time.
 
     A list's ``total`` is then a sum over a few dozen rows, exact in the

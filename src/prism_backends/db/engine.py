@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -94,6 +95,12 @@ def _begin_immediate(connection: Any) -> None:
     else:
         connection.exec_driver_sql("PRAGMA query_only = 0")
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def upsert_insert(session: Session) -> Any:
+    """The store's own ``insert`` construct, the one that takes ON CONFLICT
+    clauses (SQLite and PostgreSQL both have them, each in its dialect)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

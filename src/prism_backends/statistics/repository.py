@@ -16,10 +16,10 @@ from sqlalchemy import (
     literal,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from prism_backends.cvms.models import CVM
+from prism_backends.db.engine import upsert_insert
 from prism_backends.statistics.bitmap import bitmap_size, slot_index
 from prism_backends.statistics.models import SampledSlot, UptimeDay
 from prism_backends.vocabulary import State, Status
@@ -44,8 +44,7 @@ def days_since(session: Session, domain_id: str, cvm_id: str, first_day: date) -
 def claim_slot(session: Session, slot_at: datetime, owner: str, now: datetime) -> bool:
     """True for the one process that gets to sample this instant."""
     values = {"slot_at": slot_at, "sampled_by": owner, "sampled_at": now}
-    dialect = session.get_bind().dialect.name
-    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    upsert = upsert_insert(session)
     # RETURNING, not rowcount: drivers disagree on rowcount after DO NOTHING.
     claimed = session.execute(
         upsert(SampledSlot).values(**values).on_conflict_do_nothing().returning(SampledSlot.slot_at)
@@ -71,8 +70,7 @@ def sample_every_live_cvm(session: Session, slot_at: datetime, interval_seconds:
         func.set_bit(empty, index, 1),
         func.set_bit(empty, index, up_bit),
     ).where(CVM.deleted_at.is_(None), CVM.state == State.PROVISIONED.value)
-    dialect = session.get_bind().dialect.name
-    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    upsert = upsert_insert(session)
     statement = upsert(UptimeDay).from_select(
         ["cvm_id", "day", "interval_seconds", "seen", "up"], source
     )
