@@ -254,6 +254,19 @@ class Settings(LayeredSettings):
         "https://sharedeus2.eus2.attest.azure.net/certs), fetched when a token names a new key.",
     )
 
+    # The web console.
+    console: bool = Field(True, description="Serve the web console at BASE_PATH/ui/.")
+    sign_in_link: bool = Field(
+        True,
+        description="serve prints the console's URL with a one-time sign-in link (loopback "
+        "only, usable once within 10 minutes; on a terminal only, never logged).",
+    )
+    sign_in_domain: str = Field(
+        "c1adf32-3dac-4aad-bead-ae96fe071239",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="The domain (workspace) the sign-in link's admin token is for.",
+    )
+
     # The embedded default's host manager.
     local_manager: bool = Field(
         False,

@@ -23,6 +23,7 @@ from prism_backends.attestation.tdx.roots import bundled_roots as tdx_bundled_ro
 from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.tokens import TokenVerifier, load_jwks_file
 from prism_backends.config import Settings
+from prism_backends.console.signin import SignInCodes
 from prism_backends.datadir import prepare_data_dir, private_file
 from prism_backends.db.backup import checkpoint
 from prism_backends.db.engine import make_engine, make_session_factory
@@ -72,6 +73,11 @@ class Runtime:
     @cached_property
     def prices(self) -> PriceTable:
         return packaged_table()
+
+    @cached_property
+    def sign_in_codes(self) -> SignInCodes:
+        """The console's one-time sign-in codes (``serve`` mints them)."""
+        return SignInCodes()
 
     @cached_property
     def verifier(self) -> TokenVerifier:

@@ -36,7 +36,9 @@ from prism_backends.cli.options import (
     setup_logging,
 )
 from prism_backends.cli.settings import settings_command
+from prism_backends.cli.signin import offers_sign_in_link, print_sign_in_link
 from prism_backends.config import Settings
+from prism_backends.console.signin import SignInCodes
 from prism_backends.datadir import DataDirError
 from prism_backends.db import migrate as migrations
 from prism_backends.db.backup import backup as backup_sqlite
@@ -119,7 +121,7 @@ def _require_current_schema(runtime: Runtime) -> None:
         raise typer.Exit(1)
 
 
-def _serve_http(runtime: Runtime) -> None:
+def _serve_http(runtime: Runtime, *, sign_in_link: bool = False) -> None:
     settings = runtime.settings
     config = uvicorn.Config(
         create_app(runtime),
@@ -134,15 +136,19 @@ def _serve_http(runtime: Runtime) -> None:
     # manager) runs instead of the process dying at once.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _already_handled)
-    _HttpServer(config, settings.base_path).run()
+    link = runtime.sign_in_codes if sign_in_link else None
+    _HttpServer(config, settings.base_path, link).run()
 
 
 class _HttpServer(uvicorn.Server):
     """uvicorn's server, saying where it listens once it does (not before the bind)."""
 
-    def __init__(self, config: uvicorn.Config, base_path: str) -> None:
+    def __init__(
+        self, config: uvicorn.Config, base_path: str, sign_in: SignInCodes | None = None
+    ) -> None:
         super().__init__(config)
         self._base_path = base_path
+        self._sign_in = sign_in
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -153,6 +159,9 @@ class _HttpServer(uvicorn.Server):
                 host, port = bound.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
                 log.info("HTTP API on http://%s:%d%s", shown, port, self._base_path)
+        if self._sign_in is not None:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            print_sign_in_link(self._sign_in, self.config.host, port, self._base_path)
 
 
 def _already_handled(_signum: int, _frame: object) -> None:
@@ -177,6 +186,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    sign_in_link: Annotated[
+        bool | None,
+        typer.Option(
+            "--sign-in-link/--no-sign-in-link",
+            help="Print the console's URL with a one-time sign-in link (on a terminal; "
+            "loopback only) [env: PRISM_BACKENDS_SIGN_IN_LINK; default: on].",
+            show_default=False,
+        ),
+    ] = None,
     sets: SetOpt = None,
 ) -> None:
     """Run everything in one process: migrate the store, then the HTTP API, the agents'
@@ -192,6 +210,7 @@ def serve(
         database_url=database_url,
         log_level=log_level,
         local_manager=local_manager,
+        sign_in_link=sign_in_link,
     )
     runtime = _runtime(settings)
     _migrate_or_exit(runtime)
@@ -208,7 +227,7 @@ def serve(
     workers.start()
     sampler.start()
     try:
-        _serve_http(runtime)
+        _serve_http(runtime, sign_in_link=offers_sign_in_link(settings))
     finally:
         agents.stop()
         sampler.stop()

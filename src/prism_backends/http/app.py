@@ -11,11 +11,13 @@ from pydantic import BaseModel
 from prism_backends import __version__
 from prism_backends.agents.endpoints import router as agents_router
 from prism_backends.attestation.endpoints import router as attestation_router
+from prism_backends.console.endpoints import install_console
 from prism_backends.cvms.endpoints import router as cvms_router
 from prism_backends.http.errors import install_error_handlers
 from prism_backends.http.head import HeadAsGet
 from prism_backends.http.ratelimit import RequestLimits, SourceLimit
 from prism_backends.http.responses import error_responses
+from prism_backends.offerings.endpoints import router as offerings_router
 from prism_backends.runtime import Runtime
 
 
@@ -48,6 +50,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(cvms_router, prefix=base)
     app.include_router(agents_router, prefix=base)
     app.include_router(attestation_router, prefix=base)
+    app.include_router(offerings_router, prefix=base)
 
     @app.get(
         f"{base}/health",
@@ -58,6 +61,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     def health() -> Health:
         return Health(status="ok")
+
+    if runtime.settings.console:
+        install_console(app, base)
 
     app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     return app

@@ -65,6 +65,10 @@ class Catalog:
     def get(self, name: str) -> CatalogEntry | None:
         return self._entries.get(name)
 
+    def unavailable(self) -> Mapping[str, str]:
+        """Providers configured but left out, with the reason."""
+        return dict(self._unavailable)
+
     def why_unavailable(self, name: str) -> str:
         return self._unavailable.get(name, "no provider file (providers_dir) turns it on")
 
