@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
@@ -106,6 +107,11 @@ def install_console(app: FastAPI, base: str) -> None:
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse(f"{ui}/", status_code=307)
+
+    @app.get(f"{ui}/sign-in", include_in_schema=False)
+    async def sign_in_is_post_only() -> None:
+        # Otherwise the static files below would answer a GET here with a 404.
+        raise StarletteHTTPException(405)
 
     @app.get(ui, include_in_schema=False)
     async def ui_without_slash() -> RedirectResponse:
