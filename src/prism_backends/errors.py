@@ -57,6 +57,11 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class CreatedConcurrently(Conflict):
+    """Another transaction inserted the same live name or Idempotency-Key first:
+    the whole transaction is lost, so only the boundary can try again."""
+
+
 class UnsupportedMediaType(AppError):
     status_code = 415
     code = "unsupported_media_type"

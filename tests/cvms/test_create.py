@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -240,3 +243,26 @@ def test_a_provider_not_enabled_is_said_once_with_the_reason(create: CreateFn) -
     message = create(provider="azure", body={"name": "x"}).json()["message"]
     assert message.count("not enabled") == 1
     assert "no provider file (providers_dir) turns it on" in message
+
+
+def test_concurrent_retries_with_one_idempotency_key_all_get_the_one_cvm(
+    client: TestClient, token: TokenFactory
+) -> None:
+    """A retry sent while the first attempt is still in flight is a replay, not a 409
+    (on PostgreSQL the second insert waits for the first and then collides)."""
+    headers = {**auth(token("dom-1")), "Idempotency-Key": "retried"}
+    barrier = threading.Barrier(8)
+
+    def attempt(_: int) -> tuple[int, str]:
+        barrier.wait()
+        response = client.post(
+            "/backends/dom-1/cvms/external/2/sev-snp", headers=headers, json={"name": "once"}
+        )
+        return response.status_code, response.json().get("id", response.text)
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(attempt, range(8)))
+    assert sorted(status for status, _ in outcomes) == [200] * 7 + [201], outcomes
+    assert len({cvm_id for _, cvm_id in outcomes}) == 1
+    listed = client.get("/backends/dom-1/cvms", headers=auth(token("dom-1"))).json()
+    assert listed["total"] == 1

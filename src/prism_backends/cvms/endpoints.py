@@ -23,6 +23,7 @@ from prism_backends.cvms.schemas import (
     rfc3339,
 )
 from prism_backends.db.engine import unit_of_work
+from prism_backends.errors import CreatedConcurrently
 from prism_backends.http.deps import DomainQuery, PrincipalDep, RuntimeDep, read_body
 from prism_backends.http.responses import COMMON_ERRORS, error_responses
 
@@ -65,21 +66,30 @@ def create_cvm(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     service.check_domain(domain_id, domain_query)
-    with unit_of_work(runtime.sessions) as session:
-        outcome = service.create_cvm(
-            principal,
-            session,
-            catalog=runtime.catalog,
-            prices=runtime.prices,
-            credentials=runtime.credentials,
-            domain_id=domain_id,
-            provider_name=provider,
-            vcpu=vcpu,
-            cc_platform=cc_platform,
-            content_type=request.headers.get("content-type", ""),
-            body=body,
-            idempotency_key=idempotency_key,
-        )
+
+    def create_once() -> service.CreateOutcome:
+        with unit_of_work(runtime.sessions) as session:
+            return service.create_cvm(
+                principal,
+                session,
+                catalog=runtime.catalog,
+                prices=runtime.prices,
+                credentials=runtime.credentials,
+                domain_id=domain_id,
+                provider_name=provider,
+                vcpu=vcpu,
+                cc_platform=cc_platform,
+                content_type=request.headers.get("content-type", ""),
+                body=body,
+                idempotency_key=idempotency_key,
+            )
+
+    try:
+        outcome = create_once()
+    except CreatedConcurrently:
+        # A retried request whose first attempt was still in flight: once that one
+        # has committed, this one is its replay (or, for a name, a plain conflict).
+        outcome = create_once()
     location = f"{runtime.settings.base_path}/{domain_id}/cvms/{outcome.cvm.id}"
     return JSONResponse(
         cvm_document(outcome.cvm, outcome.cvm.attestation),

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from prism_backends.cvms import tally
 from prism_backends.cvms.models import CVM
 from prism_backends.db.base import UTCDateTime
-from prism_backends.errors import Conflict
+from prism_backends.errors import CreatedConcurrently
 from prism_backends.vocabulary import Platform, State, Status
 
 
@@ -120,7 +120,7 @@ def add(session: Session, cvm: CVM) -> None:
     try:
         session.flush()
     except IntegrityError as exc:
-        raise Conflict(
+        raise CreatedConcurrently(
             "a CVM with this name or Idempotency-Key was created concurrently; retry to see it"
         ) from exc
 
