@@ -241,7 +241,7 @@ def _live_cvm(session: Session, domain_id: str, cvm_id: str) -> None:
         raise Conflict(f"CVM {cvm_id!r} was deleted: its certificates are all revoked")
 
 
-_SERIAL = re.compile(r"[0-9a-fA-F]{1,40}")
+_SERIAL = re.compile(r"0*[0-9a-fA-F]{1,40}")
 
 
 def _credential(session: Session, domain_id: str, cvm_id: str, serial: str) -> AgentCredential:
