@@ -181,7 +181,18 @@ class Settings(LayeredSettings):
         description="Base64 of 32 bytes sealing agents' private keys at rest. "
         "Default: a key file in DATA_DIR.",
     )
-    agent_cert_days: int = Field(365, ge=1, description="Validity of a CVM's client certificate.")
+    agent_cert_days: int = Field(
+        365,
+        ge=1,
+        description="Validity of each client certificate issued to a CVM's agent (at create, "
+        "or by POST .../certificates and .../renew).",
+    )
+    certificate_warn_days: int = Field(
+        14,
+        ge=0,
+        description="Write a warning event when a CVM's newest valid agent certificate "
+        "expires within this many days (once per certificate; 0: never).",
+    )
     heartbeat_seconds: float = Field(
         10.0, gt=0, description="Interval of agentStateReq heartbeats on each agent's stream."
     )

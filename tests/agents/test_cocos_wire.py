@@ -189,7 +189,7 @@ def test_cocos_messages_parse_identically_with_ours(cocos: Cocos) -> None:
 
 
 def test_what_the_endpoint_sends_parses_identically_with_cocos(cocos: Cocos) -> None:
-    connection = Connection("cvm-1")
+    connection = Connection("cvm-1", "0a1b")
     connection.disconnect("the CVM was deleted")
     queued = connection.outbox.get_nowait()
     assert queued is not None  # a message, not the end of the stream

@@ -154,9 +154,11 @@ def test_an_expired_certificate_is_refused(runtime: Runtime, api: Api) -> None:
     expired = runtime.agent_ca.issue_client(cvm_id, DOMAIN, timedelta(hours=1), now=long_ago)
     assert expired.not_after < utcnow()
     _replace_credential(runtime, cvm_id, expired)
-    # Only its validity is wrong: it is the very credential the API hands out.
-    handed_out = api.credential(cvm_id)
-    assert (handed_out.client_cert, handed_out.client_key) == (expired.cert_pem, expired.key_pem)
+    # Only its validity is wrong: it is the CVM's only certificate, which the
+    # API no longer hands out (it hands out valid ones only).
+    response = api.client.get(f"/backends/{DOMAIN}/cvms/{cvm_id}/agent_config", headers=api.headers)
+    assert response.status_code == 409, response.text
+    handed_out = Credential(cvm_id, ca_cert, expired.cert_pem, expired.key_pem)
     before = _fresh(runtime, cvm_id)
 
     async def scenario() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, inspect, text
+from cryptography import x509
+from sqlalchemy import Engine, create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
+from prism_backends.agents.models import AgentCredential
+from prism_backends.agents.pki import IssuedCertificate, create_ca
 from prism_backends.db import migrate
 from prism_backends.db.engine import make_engine
 from prism_backends.db.metadata import metadata
@@ -236,3 +241,73 @@ def test_upgrading_to_tallies_counts_the_cvms_already_there(empty_engine: Engine
             text("SELECT status, sum(change) FROM cvm_tallies GROUP BY status ORDER BY status")
         ).all()
     assert [tuple(row) for row in counts] == [("failed", 1), ("running", 3)]
+
+
+def _insert_credential(connection: Any, cvm_id: str, issued: IssuedCertificate) -> None:
+    """A credential as revision 0005 kept it: one per CVM, keyed by the CVM."""
+    connection.execute(
+        text(
+            "INSERT INTO agent_credentials (cvm_id, serial, cert_pem, sealed_key, not_after)"
+            " VALUES (:cvm_id, :serial, :pem, :key, :not_after)"
+        ),
+        {
+            "cvm_id": cvm_id,
+            "serial": format(issued.serial, "x"),
+            "pem": issued.cert_pem.decode(),
+            "key": b"sealed",
+            "not_after": issued.not_after.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
+
+
+def test_upgrading_to_many_certificates_keeps_each_cvms_credential(empty_engine: Engine) -> None:
+    ca = create_ca()
+    migrate.upgrade(empty_engine, "0005")
+    issued = {}
+    with empty_engine.begin() as connection:
+        for cvm_id in ("c1", "c2"):
+            _insert_cvm(connection, cvm_id)
+            issued[cvm_id] = ca.issue_client(cvm_id, "d", timedelta(days=30))
+            _insert_credential(connection, cvm_id, issued[cvm_id])
+        connection.execute(
+            text("UPDATE agent_credentials SET revoked_at = :now WHERE cvm_id = 'c2'"),
+            {"now": "2026-01-01 00:00:00"},
+        )
+
+    migrate.upgrade(empty_engine)
+
+    with Session(empty_engine) as session:
+        rows = {row.cvm_id: row for row in session.scalars(select(AgentCredential))}
+    assert set(rows) == {"c1", "c2"}
+    for cvm_id, row in rows.items():
+        certificate = x509.load_pem_x509_certificate(row.cert_pem.encode())
+        assert row.serial == format(issued[cvm_id].serial, "x")
+        assert row.not_before == certificate.not_valid_before_utc
+        assert row.sealed_key == b"sealed"
+        assert (row.presented_at, row.expiry_warned_at) == (None, None)
+    assert rows["c1"].revoked_at is None
+    assert rows["c2"].revoked_at is not None
+    assert rows["c1"].id != rows["c2"].id
+
+    # Now a CVM may hold several; a downgrade keeps each CVM's newest one.
+    newer = ca.issue_client("c1", "d", timedelta(days=30))
+    with Session(empty_engine) as session, session.begin():
+        session.add(
+            AgentCredential(
+                cvm_id="c1",
+                serial=format(newer.serial, "x"),
+                cert_pem=newer.cert_pem.decode(),
+                sealed_key=b"newer",
+                not_before=newer.not_before,
+                not_after=newer.not_after,
+            )
+        )
+    migrate.downgrade(empty_engine, "0005")
+    with empty_engine.connect() as connection:
+        kept = connection.execute(
+            text("SELECT cvm_id, serial FROM agent_credentials ORDER BY cvm_id")
+        ).all()
+    assert [tuple(row) for row in kept] == [
+        ("c1", format(newer.serial, "x")),
+        ("c2", format(issued["c2"].serial, "x")),
+    ]

@@ -19,12 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--config", type=Path, help="the JSON of GET .../agent_config")
     source.add_argument("--env", type=Path, help="Cocos' environment file")
     arguments = parser.parse_args(argv)
+    path, loader = (
+        (arguments.env, config.load_environment)
+        if arguments.env is not None
+        else (arguments.config, config.load)
+    )
     try:
-        settings = (
-            config.load_environment(arguments.env)
-            if arguments.env is not None
-            else config.load(arguments.config)
-        )
+        settings = loader(path)
     except config.AgentConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return asyncio.run(Agent(settings).run())
+    # Read again at every heartbeat: a renewed configuration is picked up in place.
+    return asyncio.run(Agent(settings, reload=lambda: loader(path)).run())
 
 
 if __name__ == "__main__":

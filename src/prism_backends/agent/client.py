@@ -1,5 +1,12 @@
 """The agent's connection loop: dial in, answer heartbeats, send evidence, and
-come back with backoff whenever the service goes away."""
+come back with backoff whenever the service goes away.
+
+Given a way to read its configuration again (``reload``), the agent picks up a
+renewed certificate without a restart: it reads the configuration at every
+heartbeat and before every reconnect, and when the file holds another client
+certificate it reconnects with that one at once (the service then revokes the
+old one). A refusal or a disconnectReq ends the agent only if the
+configuration holds nothing newer than what was refused."""
 
 from __future__ import annotations
 
@@ -7,13 +14,14 @@ import asyncio
 import collections
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from prism_backends.agent import evidence
-from prism_backends.agent.config import AgentSettings
+from prism_backends.agent.config import AgentConfigError, AgentSettings
 from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -30,11 +38,17 @@ class Refused(Exception):
 @dataclass
 class Outcome:
     disconnected: bool = False  # the service sent disconnectReq
+    renewed: bool = False  # the configuration now holds another certificate
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(
+        self, settings: AgentSettings, reload: Callable[[], AgentSettings] | None = None
+    ) -> None:
         self._settings = settings
+        self._reload = reload
+        self._reload_problem = ""
+        self._found: cvms_pb2.ClientStreamMessage | None = None
         self._pending: collections.deque[cvms_pb2.ClientStreamMessage] = collections.deque(
             maxlen=MAX_QUEUED
         )
@@ -47,28 +61,65 @@ class Agent:
     async def run(self) -> int:
         """0 after disconnectReq; 3 when the service refuses this agent."""
         self.queue(_log("info", "agent started"))
-        found = self._evidence()
-        if found is not None:
-            self.queue(found)
+        self._found = self._evidence()
+        if self._found is not None:
+            self.queue(self._found)
         backoff = BACKOFF_FIRST
         while True:
             try:
                 outcome = await self._session()
             except Refused as refused:
+                if self._renewed():
+                    log.warning("refused (%s); trying the new certificate", refused)
+                    continue
                 log.error("the service refused this agent: %s", refused)
                 return 3
             except grpc.aio.AioRpcError as error:
                 log.warning("connection lost: %s %s", error.code().name, error.details())
-                outcome = Outcome()
-            if outcome.disconnected:
+                outcome = Outcome(renewed=self._renewed())
+            if outcome.disconnected and not self._renewed():
                 log.info("the service asked this agent to disconnect; exiting")
                 return 0
+            if outcome.renewed or outcome.disconnected:
+                log.info("reconnecting with the new certificate")
+                backoff = BACKOFF_FIRST
+                continue
             delay = self._rng.uniform(backoff / 2, backoff)
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, BACKOFF_CAP)
-            if found is not None:
-                self.queue(found)  # evidence on every reconnect, as Cocos' agent does
+            if self._found is not None:
+                self.queue(self._found)  # evidence on every reconnect, as Cocos' agent does
+
+    def _renewed(self) -> bool:
+        """Read the configuration again; True when it holds another client
+        certificate for this CVM (which then replaces the current settings)."""
+        if self._reload is None:
+            return False
+        try:
+            fresh = self._reload()
+        except AgentConfigError as error:
+            if str(error) != self._reload_problem:  # said once, not every heartbeat
+                self._reload_problem = str(error)
+                log.warning("the configuration could not be read again: %s", error)
+            return False
+        self._reload_problem = ""
+        if fresh.cvm_id != self._settings.cvm_id:
+            log.warning("the configuration now names CVM %s; ignored", fresh.cvm_id)
+            return False
+        changed = fresh.client_cert != self._settings.client_cert
+        self._settings = fresh
+        if changed:
+            log.info("the configuration holds a new client certificate")
+            # Evidence is bound to the certificate: the old evidence would be refused.
+            self._pending = collections.deque(
+                (m for m in self._pending if not m.HasField("vTPMattestationReport")),
+                maxlen=MAX_QUEUED,
+            )
+            self._found = self._evidence()
+            if self._found is not None:
+                self.queue(self._found)
+        return changed
 
     def _evidence(self) -> cvms_pb2.ClientStreamMessage | None:
         try:
@@ -119,6 +170,8 @@ class Agent:
         async for message in call:
             kind = message.WhichOneof("message")
             if kind == "agentStateReq":
+                if self._renewed():
+                    return Outcome(renewed=True)
                 while self._pending:
                     outbox.put_nowait(self._pending.popleft())
                 outbox.put_nowait(

@@ -1,4 +1,5 @@
-"""Agent routes: the configuration an agent needs, and what agents reported."""
+"""Agent routes: the configuration an agent needs, its certificates, and what
+agents reported."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from prism_backends.agents import service
-from prism_backends.agents.schemas import AgentConfigOut, EventOut, EventPage
+from prism_backends.agents.schemas import (
+    AgentConfigOut,
+    CertificateList,
+    CertificateOut,
+    EventOut,
+    EventPage,
+)
 from prism_backends.cvms import service as cvms_service
 from prism_backends.db.engine import unit_of_work
 from prism_backends.http.deps import DomainQuery, PrincipalDep, RuntimeDep
@@ -68,3 +75,101 @@ def list_events(
         )
         events = [EventOut.of(row) for row in rows]
     return EventPage(events=events, total=total, limit=page_limit, offset=page_offset)
+
+
+# --- certificates ----------------------------------------------------------------------
+
+_CERTIFICATE_RESPONSES = error_responses(*COMMON_ERRORS, 404, 409)
+SerialPath = Annotated[str, Path(alias="serial", description="Hex, as the list shows it.")]
+
+
+@router.get(
+    "/{domainID}/cvms/{id}/certificates",
+    response_model=CertificateList,
+    summary="The agent's client certificates, newest first",
+    responses=error_responses(*COMMON_ERRORS, 404),
+)
+def list_certificates(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    domain_query: DomainQuery = None,
+) -> CertificateList:
+    cvms_service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions, read_only=True) as session:
+        found = service.list_certificates(principal, session, domain_id=domain_id, cvm_id=cvm_id)
+        certificates = [CertificateOut.of(certificate) for certificate in found]
+    return CertificateList(certificates=certificates, total=len(certificates))
+
+
+@router.post(
+    "/{domainID}/cvms/{id}/certificates",
+    status_code=201,
+    response_model=CertificateOut,
+    summary="Issue another client certificate (pending until the agent connects with it)",
+    responses=_CERTIFICATE_RESPONSES,
+)
+def issue_certificate(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    domain_query: DomainQuery = None,
+) -> CertificateOut:
+    cvms_service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        issued = service.issue_certificate(
+            principal, session, issuer=runtime.credentials, domain_id=domain_id, cvm_id=cvm_id
+        )
+        return CertificateOut.of(issued)
+
+
+@router.post(
+    "/{domainID}/cvms/{id}/certificates/{serial}/renew",
+    status_code=201,
+    response_model=CertificateOut,
+    summary="Issue a successor; the old one stays valid until the agent connects with it",
+    responses=_CERTIFICATE_RESPONSES,
+)
+def renew_certificate(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    serial: SerialPath,
+    domain_query: DomainQuery = None,
+) -> CertificateOut:
+    cvms_service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        renewed = service.renew_certificate(
+            principal,
+            session,
+            issuer=runtime.credentials,
+            domain_id=domain_id,
+            cvm_id=cvm_id,
+            serial=serial,
+        )
+        return CertificateOut.of(renewed)
+
+
+@router.post(
+    "/{domainID}/cvms/{id}/certificates/{serial}/revoke",
+    response_model=CertificateOut,
+    summary="Revoke a certificate; an agent connected with it is told to go",
+    responses=_CERTIFICATE_RESPONSES,
+)
+def revoke_certificate(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    domain_id: Annotated[str, Path(alias="domainID")],
+    cvm_id: Annotated[str, Path(alias="id")],
+    serial: SerialPath,
+    domain_query: DomainQuery = None,
+) -> CertificateOut:
+    cvms_service.check_domain(domain_id, domain_query)
+    with unit_of_work(runtime.sessions) as session:
+        revoked = service.revoke_certificate(
+            principal, session, domain_id=domain_id, cvm_id=cvm_id, serial=serial
+        )
+        return CertificateOut.of(revoked)

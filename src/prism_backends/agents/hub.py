@@ -45,6 +45,7 @@ class Connection:
     """One agent's open stream on this replica."""
 
     cvm_id: str
+    serial: str  # of the client certificate it presented
     # None ends the stream without disconnectReq: the agent reconnects (see drop).
     outbox: asyncio.Queue[cvms_pb2.ServerStreamMessage | None] = field(
         default_factory=asyncio.Queue
@@ -58,7 +59,8 @@ class Connection:
         self.outbox.put_nowait(message)
 
     def disconnect(self, reason: str) -> None:
-        """Tell the agent to go (its CVM was deleted, or a newer stream took over)."""
+        """Tell the agent to go (its CVM was deleted, its certificate revoked or
+        expired, or a newer stream took over)."""
         if not self.closing:
             self.closing = True
             self.send(cvms_pb2.ServerStreamMessage(disconnectReq=cvms_pb2.DisconnectReq(id=reason)))
@@ -141,18 +143,35 @@ class Hub:
             previous.disconnect("replaced by a newer connection of the same agent")
         self._connections[connection.cvm_id] = connection
         now = utcnow()
+
+        def open_stream(session: Session) -> list[str]:
+            # One transaction: the session opens if and only if a connect with
+            # a renewed certificate retires the older ones.
+            repository.open_session(session, connection.cvm_id, self.replica, now, now + self._ttl)
+            return repository.note_presented(session, connection.cvm_id, connection.serial, now)
+
         try:
-            await self._db(
-                lambda s: repository.open_session(
-                    s, connection.cvm_id, self.replica, now, now + self._ttl
-                )
-            )
+            retired = await self._db(open_stream)
         except BaseException:
             if self._connections.get(connection.cvm_id) is connection:
                 del self._connections[connection.cvm_id]
             raise
         connection.opened = True
-        self.record(connection.cvm_id, "connected", message="agent connected")
+        self.record(
+            connection.cvm_id,
+            "connected",
+            message="agent connected",
+            details={"certificate_serial": connection.serial},
+        )
+        if retired:
+            self.record(
+                connection.cvm_id,
+                "certificate",
+                level="info",
+                message=f"the agent connected with certificate {connection.serial}; "
+                f"the older {', '.join(retired)} revoked",
+                details={"serial": connection.serial, "revoked": retired},
+            )
         connection.send(state_request())
 
     async def detach(self, connection: Connection) -> None:
@@ -209,12 +228,14 @@ class Hub:
             }
         )
 
-    async def evidence(self, cvm_id: str, report: bytes) -> None:
-        """Appraise evidence (signatures, binding, policy) and record the
-        verdict, within the CVM's evidence budget."""
-        if not self._budget(cvm_id).allow_evidence(self._clock()):
+    async def evidence(self, connection: Connection, report: bytes) -> None:
+        """Appraise evidence (signatures, binding to the certificate this stream
+        presented, policy) and record the verdict, within the CVM's evidence budget."""
+        if not self._budget(connection.cvm_id).allow_evidence(self._clock()):
             return
-        await asyncio.to_thread(self._appraiser.evidence, cvm_id, report)
+        await asyncio.to_thread(
+            self._appraiser.evidence, connection.cvm_id, report, serial=connection.serial
+        )
 
     async def azure_token(self, cvm_id: str, token: bytes) -> None:
         """Validate an Azure Attestation token (within the evidence budget);
@@ -305,7 +326,8 @@ class Hub:
 
     async def heartbeat(self) -> None:
         """Ask every agent for its state, keep our sessions alive, and send
-        disconnectReq to the agents of CVMs deleted meanwhile.
+        disconnectReq to the agents of CVMs deleted meanwhile and to those whose
+        certificate was revoked or ran out.
 
         A replica that cannot reach the store for half its sessions' lifetime
         drops its streams, so that their agents reconnect, perhaps to a
@@ -313,20 +335,21 @@ class Hub:
         self._forget_idle_budgets()
         # Streams still being attached have no session to renew yet (renewing
         # would open one beside the attach's own).
-        cvm_ids = [cvm_id for cvm_id, c in self._connections.items() if c.opened]
+        serials = {cvm_id: c.serial for cvm_id, c in self._connections.items() if c.opened}
+        cvm_ids = list(serials)
         if not cvm_ids:
             self._store_reached = self._clock()
             return
         now = utcnow()
 
-        def renew(session: Session) -> tuple[repository.Renewal, set[str]]:
+        def renew(session: Session) -> tuple[repository.Renewal, dict[str, str]]:
             renewal = repository.renew_sessions(
                 session, self.replica, cvm_ids, now, now + self._ttl
             )
-            return renewal, repository.deleted_among(session, cvm_ids)
+            return renewal, repository.ended_streams(session, serials, now)
 
         try:
-            renewal, deleted = await self._db(renew)
+            renewal, ended = await self._db(renew)
         except StoreUnavailable:
             if self._clock() - self._store_reached > self._ttl.total_seconds() / 2:
                 self._drop_all(STORE_UNREACHABLE)
@@ -338,8 +361,8 @@ class Hub:
             connection = self._connections.get(cvm_id)
             if connection is None or connection.closing:
                 continue
-            if cvm_id in deleted:
-                connection.disconnect("the CVM was deleted")
+            if cvm_id in ended and connection.serial == serials[cvm_id]:
+                connection.disconnect(ended[cvm_id])
             elif cvm_id in renewal.elsewhere:
                 connection.drop("a newer stream of this agent is on another replica")
             else:

@@ -1,4 +1,4 @@
-"""What the service keeps about each CVM's agent: its credential, its live
+"""What the service keeps about each CVM's agent: its credentials, its live
 session (liveness with expiry, shared by every agents endpoint replica), and
 what it reported (logs, events, results)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from prism_backends.db.base import Base, UTCDateTime
@@ -15,16 +15,37 @@ _BIGINT_ID = BigInteger().with_variant(Integer, "sqlite")
 
 
 class AgentCredential(Base):
+    """One client certificate of a CVM's agent. A CVM holds several over time:
+    the newest valid one is handed out; an older one stays valid until the
+    agent connects with a newer one (which revokes it) or until it expires."""
+
     __tablename__ = "agent_credentials"
 
-    cvm_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("cvms.id", ondelete="CASCADE"), primary_key=True
-    )
+    # Issue order: "newer" and "older" below mean a larger or smaller id.
+    id: Mapped[int] = mapped_column(_BIGINT_ID, primary_key=True, autoincrement=True)
+    cvm_id: Mapped[str] = mapped_column(String(36), ForeignKey("cvms.id", ondelete="CASCADE"))
     serial: Mapped[str] = mapped_column(String(40), unique=True)  # hex, as in the certificate
     cert_pem: Mapped[str] = mapped_column(Text)
     sealed_key: Mapped[bytes] = mapped_column(LargeBinary)  # see agents/sealing.py
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime())
     not_after: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When the agent first connected with it; NULL while it is pending.
+    presented_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When its expiry warning event was written: one per certificate, whichever
+    # process's housekeeping gets there first.
+    expiry_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        Index("ix_agent_credentials_cvm_id_id", "cvm_id", "id"),
+        # The housekeeping's search for certificates to warn about.
+        Index(
+            "ix_agent_credentials_not_after",
+            "not_after",
+            sqlite_where=text("revoked_at IS NULL AND expiry_warned_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL AND expiry_warned_at IS NULL"),
+        ),
+    )
 
 
 class AgentSession(Base):

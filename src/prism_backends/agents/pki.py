@@ -40,6 +40,7 @@ class IssuedCertificate:
     cert_pem: bytes
     key_pem: bytes
     serial: int
+    not_before: datetime
     not_after: datetime
 
 
@@ -102,14 +103,14 @@ class AgentCA:
         moment = now or datetime.now(UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         serial = x509.random_serial_number()
-        not_after = moment + validity
+        not_before, not_after = moment - BACKDATE, moment + validity
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(serial)
-            .not_valid_before(moment - BACKDATE)
+            .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -138,6 +139,7 @@ class AgentCA:
             cert_pem=cert.public_bytes(serialization.Encoding.PEM),
             key_pem=_private_pem(key),
             serial=serial,
+            not_before=not_before,
             not_after=not_after,
         )
 

@@ -4,17 +4,18 @@ before any domain is known, and are marked system-scoped."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from prism_backends.agents.limits import EventBounds
 from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSession
 from prism_backends.cvms.models import CVM
+from prism_backends.cvms.repository import is_cvm_id
 from prism_backends.db.engine import upsert_insert
 from prism_backends.vocabulary import Status
 
@@ -24,6 +25,7 @@ def add_credential(session: Session, credential: AgentCredential) -> None:
 
 
 def revoke(session: Session, domain_id: str, cvm_id: str, now: datetime) -> None:
+    """Revoke every certificate of the CVM still standing (it is being deleted)."""
     in_domain = select(CVM.id).where(CVM.domain_id == domain_id, CVM.id == cvm_id)
     session.execute(
         update(AgentCredential)
@@ -33,12 +35,55 @@ def revoke(session: Session, domain_id: str, cvm_id: str, now: datetime) -> None
     )
 
 
-def credential_of(session: Session, domain_id: str, cvm_id: str) -> AgentCredential | None:
+def newest_valid(
+    session: Session, domain_id: str, cvm_id: str, now: datetime
+) -> AgentCredential | None:
+    """The CVM's newest certificate that is neither revoked nor expired: the one
+    handed out to its agent."""
     return session.scalars(
         select(AgentCredential)
         .join(CVM, CVM.id == AgentCredential.cvm_id)
-        .where(CVM.domain_id == domain_id, CVM.id == cvm_id)
+        .where(
+            CVM.domain_id == domain_id,
+            CVM.id == cvm_id,
+            AgentCredential.revoked_at.is_(None),
+            AgentCredential.not_after > now,
+        )
+        .order_by(AgentCredential.id.desc())
+        .limit(1)
     ).first()
+
+
+def credentials_of(session: Session, domain_id: str, cvm_id: str) -> list[AgentCredential]:
+    """Every certificate the CVM was given, newest first."""
+    return list(
+        session.scalars(
+            select(AgentCredential)
+            .join(CVM, CVM.id == AgentCredential.cvm_id)
+            .where(CVM.domain_id == domain_id, CVM.id == cvm_id)
+            .order_by(AgentCredential.id.desc())
+        )
+    )
+
+
+def credential_by_serial(
+    session: Session, domain_id: str, cvm_id: str, serial: str
+) -> AgentCredential | None:
+    return session.scalars(
+        select(AgentCredential)
+        .join(CVM, CVM.id == AgentCredential.cvm_id)
+        .where(CVM.domain_id == domain_id, CVM.id == cvm_id, AgentCredential.serial == serial)
+    ).first()
+
+
+def cvm_deleted(session: Session, domain_id: str, cvm_id: str) -> bool | None:
+    """Whether the CVM of this domain was deleted; None when there is no such CVM."""
+    if not is_cvm_id(cvm_id):
+        return None
+    row = session.execute(
+        select(CVM.deleted_at).where(CVM.domain_id == domain_id, CVM.id == cvm_id)
+    ).first()
+    return None if row is None else row[0] is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +108,85 @@ def presented(session: Session, serial: str) -> Presented | None:
     return Presented(
         cvm_id=row[0], domain_id=row[1], revoked=row[2] is not None, deleted=row[3] is not None
     )
+
+
+def note_presented(session: Session, cvm_id: str, serial: str, now: datetime) -> list[str]:
+    """System-scoped: the CVM's agent connected with this certificate. The first
+    time it does, the CVM's older certificates still standing are revoked (the
+    agent has moved on to this one); their serials are returned."""
+    first = session.execute(
+        update(AgentCredential)
+        .where(
+            AgentCredential.cvm_id == cvm_id,
+            AgentCredential.serial == serial,
+            AgentCredential.presented_at.is_(None),
+        )
+        .values(presented_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(first, "rowcount", 0):
+        return []
+    this_one = select(AgentCredential.id).where(AgentCredential.serial == serial).scalar_subquery()
+    older = (
+        AgentCredential.cvm_id == cvm_id,
+        AgentCredential.id < this_one,
+        AgentCredential.revoked_at.is_(None),
+    )
+    serials = sorted(session.scalars(select(AgentCredential.serial).where(*older)))
+    if serials:
+        session.execute(
+            update(AgentCredential)
+            .where(AgentCredential.cvm_id == cvm_id, AgentCredential.serial.in_(serials))
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return serials
+
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    cvm_id: str
+    serial: str
+    not_after: datetime
+
+
+def claim_expiry_warnings(session: Session, now: datetime, warn_from: datetime) -> list[Expiring]:
+    """System-scoped housekeeping: the certificates that are their live CVM's
+    newest valid one and expire before ``warn_from``, not warned about yet;
+    they are marked warned in the same statement, so each is claimed once
+    (a concurrent claim waits on the row and then finds it marked)."""
+    candidate, newer = aliased(AgentCredential), aliased(AgentCredential)
+    superseded = (
+        select(newer.id)
+        .where(
+            newer.cvm_id == candidate.cvm_id,
+            newer.id > candidate.id,
+            newer.revoked_at.is_(None),
+            newer.not_after > now,
+        )
+        .exists()
+    )
+    due = (
+        select(candidate.id)
+        .join(CVM, CVM.id == candidate.cvm_id)
+        .where(
+            candidate.revoked_at.is_(None),
+            candidate.expiry_warned_at.is_(None),
+            candidate.not_after <= warn_from,
+            candidate.not_after > now,
+            CVM.deleted_at.is_(None),
+            ~superseded,
+        )
+    )
+    claimed = session.execute(
+        update(AgentCredential)
+        .where(AgentCredential.id.in_(due), AgentCredential.expiry_warned_at.is_(None))
+        .values(expiry_warned_at=now)
+        .returning(AgentCredential.cvm_id, AgentCredential.serial, AgentCredential.not_after)
+        .execution_options(synchronize_session=False)
+    )
+    found = [Expiring(cvm_id=row[0], serial=row[1], not_after=row[2]) for row in claimed]
+    return sorted(found, key=lambda expiring: (expiring.cvm_id, expiring.serial))
 
 
 # --- sessions (system-scoped: the agents endpoint's bookkeeping) ---------------------
@@ -197,14 +321,42 @@ def _mark_offline(session: Session, cvm_ids: Sequence[str], now: datetime) -> No
         )
 
 
-def deleted_among(session: Session, cvm_ids: Sequence[str]) -> set[str]:
-    """System-scoped: which of these CVMs were deleted (their agents must go)."""
-    gone: set[str] = set()
-    for chunk in _chunks(cvm_ids):
-        gone.update(
-            session.scalars(select(CVM.id).where(CVM.id.in_(chunk), CVM.deleted_at.is_not(None)))
+STREAM_ENDS = {
+    "deleted": "the CVM was deleted",
+    "revoked": "this certificate has been revoked",
+    "expired": "this certificate has expired",
+}
+
+
+def ended_streams(session: Session, serials: Mapping[str, str], now: datetime) -> dict[str, str]:
+    """System-scoped: of these streams (CVM id -> the serial it presented), those
+    whose agent must go, with the reason (a ``STREAM_ENDS`` value): its CVM was
+    deleted, or its certificate was revoked or ran out."""
+    by_serial = {serial: cvm_id for cvm_id, serial in serials.items()}
+    ended: dict[str, str] = {}
+    for chunk in _chunks(list(by_serial)):
+        rows = session.execute(
+            select(
+                AgentCredential.serial,
+                CVM.deleted_at,
+                AgentCredential.revoked_at,
+                AgentCredential.not_after,
+            )
+            .join(CVM, CVM.id == AgentCredential.cvm_id)
+            .where(AgentCredential.serial.in_(chunk))
         )
-    return gone
+        seen = set()
+        for serial, deleted_at, revoked_at, not_after in rows:
+            seen.add(serial)
+            if deleted_at is not None:
+                ended[by_serial[serial]] = STREAM_ENDS["deleted"]
+            elif revoked_at is not None:
+                ended[by_serial[serial]] = STREAM_ENDS["revoked"]
+            elif not_after <= now:
+                ended[by_serial[serial]] = STREAM_ENDS["expired"]
+        for serial in set(chunk) - seen:  # its CVM's rows are gone altogether
+            ended[by_serial[serial]] = STREAM_ENDS["deleted"]
+    return ended
 
 
 # --- events -----------------------------------------------------------------------

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from pydantic import BaseModel, Field
 
 from prism_backends.agents.models import AgentEvent
+from prism_backends.agents.service import Certificate
 from prism_backends.cvms.schemas import rfc3339
 
 
@@ -25,7 +28,7 @@ class EventOut(BaseModel):
     cvm_id: str
     kind: str = Field(
         description="log, event, run_result, stop_result, state, attestation, "
-        "azure_token, connected or disconnected."
+        "azure_token, connected, disconnected or certificate."
     )
     timestamp: str = Field(description="When the agent says it happened.")
     received_at: str
@@ -55,3 +58,37 @@ class EventPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class CertificateOut(BaseModel):
+    serial: str = Field(description="Hex, as in the certificate.")
+    not_before: str
+    not_after: str
+    state: str = Field(
+        description="active (the one the agent uses), pending (issued after it, handed "
+        "out by agent_config, not presented yet), revoked or expired."
+    )
+    revoked_at: str | None
+    fingerprint_sha256: str = Field(description="SHA-256 of the certificate's DER, hex.")
+
+    @classmethod
+    def of(cls, certificate: Certificate) -> CertificateOut:
+        credential = certificate.credential
+        return cls(
+            serial=credential.serial,
+            not_before=rfc3339(credential.not_before),
+            not_after=rfc3339(credential.not_after),
+            state=certificate.state.value,
+            revoked_at=rfc3339(credential.revoked_at) if credential.revoked_at else None,
+            fingerprint_sha256=_fingerprint(credential.cert_pem),
+        )
+
+
+class CertificateList(BaseModel):
+    certificates: list[CertificateOut] = Field(description="Newest first.")
+    total: int
+
+
+def _fingerprint(cert_pem: str) -> str:
+    certificate = x509.load_pem_x509_certificate(cert_pem.encode())
+    return certificate.fingerprint(hashes.SHA256()).hex()

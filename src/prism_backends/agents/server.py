@@ -3,7 +3,8 @@
 An agent is identified by the client certificate this service issued to its
 CVM (subject CN = CVM id); ``job-id`` metadata, when sent, must name the same
 CVM. Revoked certificates and deleted CVMs are refused before anything is
-recorded.
+recorded. A CVM may hold several valid certificates (a renewal the agent has
+not picked up yet); the first connect with a newer one revokes the older ones.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Refused(Exception):
 class Identity:
     cvm_id: str
     domain_id: str
+    serial: str  # of the certificate presented: the stream ends when it is revoked
 
 
 def replica_identity() -> str:
@@ -59,8 +61,9 @@ def identify(pem: bytes | None, job_id: str | None, sessions: sessionmaker[Sessi
     cert = x509.load_pem_x509_certificate(pem)
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     common_name = str(names[0].value) if names else ""
+    serial = format(cert.serial_number, "x")
     with unit_of_work(sessions) as session:
-        found = repository.presented(session, format(cert.serial_number, "x"))
+        found = repository.presented(session, serial)
     if found is None or found.cvm_id != common_name:
         raise Refused(grpc.StatusCode.UNAUTHENTICATED, "this certificate was not issued to a CVM")
     if found.revoked or found.deleted:
@@ -69,7 +72,7 @@ def identify(pem: bytes | None, job_id: str | None, sessions: sessionmaker[Sessi
         raise Refused(grpc.StatusCode.UNAUTHENTICATED, "this certificate has expired")
     if job_id is not None and job_id != found.cvm_id:
         raise Refused(grpc.StatusCode.PERMISSION_DENIED, "the job-id metadata names another CVM")
-    return Identity(cvm_id=found.cvm_id, domain_id=found.domain_id)
+    return Identity(cvm_id=found.cvm_id, domain_id=found.domain_id, serial=serial)
 
 
 class AgentService(cvms_pb2_grpc.ServiceServicer):
@@ -91,7 +94,7 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     "this agent reconnects too often; wait a few seconds",
                 )
-            connection = Connection(identity.cvm_id)
+            connection = Connection(identity.cvm_id, identity.serial)
             await self._hub.attach(connection)
         except StoreUnavailable:
             await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNREACHABLE)
@@ -154,7 +157,7 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
             hub.answered(connection, message.agentStateRes.state[:64])
             return
         if kind == "vTPMattestationReport":
-            await hub.evidence(cvm_id, message.vTPMattestationReport.file)
+            await hub.evidence(connection, message.vTPMattestationReport.file)
             return
         if kind == "azureAttestationToken":
             await hub.azure_token(cvm_id, message.azureAttestationToken.file)

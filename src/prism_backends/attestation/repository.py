@@ -22,12 +22,24 @@ class EvidenceContext:
     provider: str = ""
 
 
-def evidence_context(session: Session, cvm_id: str) -> EvidenceContext | None:
-    row = session.execute(
+def evidence_context(
+    session: Session, cvm_id: str, *, serial: str | None, now: datetime
+) -> EvidenceContext | None:
+    """What evidence from this CVM is appraised against: its policy, and the
+    certificate the evidence must be bound to (the one with ``serial``; without
+    one, the CVM's newest valid certificate)."""
+    query = (
         select(CVM.domain_id, CVM.attestation_policy, AgentCredential.cert_pem, CVM.provider)
         .join(AgentCredential, AgentCredential.cvm_id == CVM.id)
         .where(CVM.id == cvm_id, CVM.deleted_at.is_(None))
-    ).first()
+    )
+    if serial is not None:
+        query = query.where(AgentCredential.serial == serial)
+    else:
+        query = query.where(
+            AgentCredential.revoked_at.is_(None), AgentCredential.not_after > now
+        ).order_by(AgentCredential.id.desc())
+    row = session.execute(query.limit(1)).first()
     if row is None:
         return None
     return EvidenceContext(

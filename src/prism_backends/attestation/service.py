@@ -70,12 +70,13 @@ class Appraiser:
             when_unavailable="closed" if settings.crl == "closed" else "open",
         )
 
-    def evidence(self, cvm_id: str, raw: bytes) -> Verdict | None:
-        """Appraise an agent's evidence and record the verdict. None when the
-        CVM is gone."""
+    def evidence(self, cvm_id: str, raw: bytes, *, serial: str | None = None) -> Verdict | None:
+        """Appraise an agent's evidence and record the verdict. It must be bound
+        to the certificate with ``serial`` (the one its stream presented; by
+        default the CVM's newest valid one). None when the CVM is gone."""
         now = utcnow()
         with unit_of_work(self._sessions) as session:
-            context = repository.evidence_context(session, cvm_id)
+            context = repository.evidence_context(session, cvm_id, serial=serial, now=now)
         if context is None:
             return None
         pinning = context.policy is None and self._settings.trust_on_first_use

@@ -404,18 +404,21 @@ def agent(
     ] = None,
 ) -> None:
     """Run the reference agent of a CVM: connect, stay connected, send evidence."""
+    if config_file is not None and env_file is None:
+        path, loader = config_file, agent_config.load
+    elif env_file is not None and config_file is None:
+        path, loader = env_file, agent_config.load_environment
+    else:
+        raise typer.BadParameter("give exactly one of --config and --env")
     try:
-        if config_file is not None and env_file is None:
-            settings = agent_config.load(config_file)
-        elif env_file is not None and config_file is None:
-            settings = agent_config.load_environment(env_file)
-        else:
-            raise typer.BadParameter("give exactly one of --config and --env")
+        settings = loader(path)
     except agent_config.AgentConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--config/--env") from None
     level = (log_level or settings.log_level).lower()
     setup_logging({"warn": "warning"}.get(level, level))
-    raise typer.Exit(asyncio.run(Agent(settings).run()))
+    # Read again at every heartbeat: a renewed agent_config dropped in place is
+    # picked up without a restart.
+    raise typer.Exit(asyncio.run(Agent(settings, reload=lambda: loader(path)).run()))
 
 
 @app.command()

@@ -4,10 +4,13 @@ Every process that runs it (``serve``, ``worker``, ``agents``) may; the first
 to claim a sampling instant samples it, so instants are never counted twice.
 The reaper marks offline the CVMs whose agent stopped answering, or whose
 session's replica stopped renewing it (it crashed), and folds the CVM tallies.
+Hourly housekeeping prunes old samples and events, and warns (an event) about
+agent certificates that run out soon.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -19,11 +22,13 @@ from prism_backends.agents import repository as agents_repository
 from prism_backends.agents.limits import EventBounds
 from prism_backends.config import Settings
 from prism_backends.cvms import tally
+from prism_backends.cvms.schemas import rfc3339
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
 from prism_backends.errors import StoreUnavailable
 from prism_backends.statistics import repository
 from prism_backends.statistics.bitmap import slot_start
+from prism_backends.vocabulary import LogLevel
 
 log = logging.getLogger(__name__)
 
@@ -87,4 +92,40 @@ class Sampler:
                 received_before=now - timedelta(days=settings.events_retention_days),
                 bounds=EventBounds(settings.events_per_cvm, settings.events_bytes_per_cvm),
             )
+        self.warn_expiring_certificates(now)
         self._last_prune = now
+
+    def warn_expiring_certificates(self, now: datetime) -> int:
+        """One warning event per CVM whose newest valid certificate expires within
+        ``certificate_warn_days``; each certificate is warned about once, by
+        whichever process claims it. The number of warnings written."""
+        days = self._settings.certificate_warn_days
+        if days == 0:
+            return 0
+        with unit_of_work(self._sessions) as session:
+            expiring = agents_repository.claim_expiry_warnings(
+                session, now, now + timedelta(days=days)
+            )
+            agents_repository.add_events(session, [_expiry_event(e, now) for e in expiring])
+        return len(expiring)
+
+
+def _expiry_event(expiring: agents_repository.Expiring, now: datetime) -> dict[str, object]:
+    not_after = rfc3339(expiring.not_after)
+    message = (
+        f"the agent's certificate {expiring.serial} expires at {not_after}: renew it "
+        f"(POST .../certificates/{expiring.serial}/renew) and give the agent the new "
+        "agent_config"
+    )
+    details = json.dumps({"serial": expiring.serial, "not_after": not_after})
+    return {
+        "cvm_id": expiring.cvm_id,
+        "kind": "certificate",
+        "occurred_at": now,
+        "received_at": now,
+        "level": LogLevel.WARN.value,
+        "message": message,
+        "computation_id": "",
+        "details": details,
+        "size": len(message.encode()) + len(details.encode()),
+    }
