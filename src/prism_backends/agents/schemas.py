@@ -1,12 +1,14 @@
-"""Wire shapes of the agent routes."""
+"""Wire shapes of the agent routes. Plain pydantic, no store: the client SDK
+(``prism_backends.client``) reads responses with these very models."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from prism_backends.agents.models import AgentEvent
 from prism_backends.cvms.schemas import rfc3339
 
 
@@ -18,6 +20,20 @@ class AgentConfigOut(BaseModel):
     client_cert: str = Field(description="PEM of this CVM's client certificate.")
     client_key: str = Field(description="PEM of its private key: keep it secret.")
     log_level: str
+
+
+class ShowsEvent(Protocol):
+    """What an event's wire form reads: an ``agents.models.AgentEvent`` row."""
+
+    id: int
+    cvm_id: str
+    kind: str
+    occurred_at: datetime
+    received_at: datetime
+    level: str
+    message: str
+    computation_id: str
+    details: str
 
 
 class EventOut(BaseModel):
@@ -35,7 +51,7 @@ class EventOut(BaseModel):
     details: dict[str, object]
 
     @classmethod
-    def of(cls, event: AgentEvent) -> EventOut:
+    def of(cls, event: ShowsEvent) -> EventOut:
         details = json.loads(event.details) if event.details else {}
         return cls(
             id=str(event.id),
