@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.status import Status
 from rich.table import Table
 from rich.text import Text
@@ -26,10 +26,24 @@ LEGEND = f"{UP} up  {PARTLY} partly up  {DOWN} down  {NO_SAMPLE} no sample (half
 
 
 def console(*, stderr: bool = False) -> Console:
-    shown = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    # No markup or emoji codes: names and messages are the tenant's and the agents' text.
+    shown = Console(stderr=stderr, highlight=False, soft_wrap=False, markup=False, emoji=False)
     if not shown.is_terminal:
         shown.width = PIPE_WIDTH
     return shown
+
+
+def show(shown: Console, renderable: RenderableType) -> None:
+    """Print a renderable; off a terminal without the padding rich puts at the
+    end of table lines, so that a pipe gets clean lines."""
+    if shown.is_terminal:
+        shown.print(renderable)
+        return
+    with shown.capture() as captured:
+        shown.print(renderable)
+    lines = [line.rstrip() for line in captured.get().splitlines()]
+    shown.file.write("".join(f"{line}\n" for line in lines))
+    shown.file.flush()
 
 
 def cvm_table(page: CVMPage) -> Table:
@@ -54,7 +68,7 @@ def cvm_details(cvm: CVMOut) -> Table:
     table.add_column(style="bold")
     table.add_column()
     for key, value in cvm.model_dump().items():
-        shown: str | Text = str(value)
+        shown: str | Text = printable(str(value))
         if key == "attestation":
             shown = f"{len(value) * 3 // 4} bytes (base64 in --output json)" if value else ""
         elif key == "attestation_token" and value:
@@ -80,7 +94,18 @@ def event_table(events: Iterable[EventOut]) -> Table:
 
 
 def event_row(event: EventOut) -> tuple[str, str, str, str, str]:
-    return (event.id, event.received_at, event.kind, event.level, event.message)
+    return (
+        event.id, event.received_at, printable(event.kind), printable(event.level),
+        printable(event.message),
+    )  # fmt: skip
+
+
+def printable(text: str) -> str:
+    """What an agent or a provider wrote, with control characters (a terminal's
+    escape sequences among them) shown as escapes instead of acted on."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _state_style(state: str) -> str:

@@ -184,7 +184,7 @@ def list_cvms(
     if output is Output.JSON:
         _print_json(_dump(page))
     else:
-        views.console().print(views.cvm_table(page))
+        views.show(views.console(), views.cvm_table(page))
 
 
 @cvms_app.command("show")
@@ -206,7 +206,7 @@ def _show_cvm(cvm: CVMOut, output: Output) -> None:
     if output is Output.JSON:
         _print_json(_dump(cvm))
     else:
-        views.console().print(views.cvm_details(cvm))
+        views.show(views.console(), views.cvm_details(cvm))
 
 
 @cvms_app.command("delete")
@@ -252,7 +252,7 @@ def stats(
                 break
             samples.extend(page.cvm_stats)
     shown = views.console()
-    shown.print(views.uptime_table(views.uptime_rows(samples, days, datetime.now(UTC))))
+    views.show(shown, views.uptime_table(views.uptime_rows(samples, days, datetime.now(UTC))))
     shown.print(f"up {100 * first.uptime:.1f}% of {first.total} samples in the last {days} day(s)")
     attestation = first.attestation
     verified_at = attestation.last_verified_at
@@ -260,7 +260,11 @@ def stats(
     shown.print(
         f"attestation: {attestation.verified} verified, {attestation.failed} refused; "
         f"last verified {'never' if never else verified_at}"
-        + (f"; last refusal: {attestation.last_error}" if attestation.last_error else "")
+        + (
+            f"; last refusal: {views.printable(attestation.last_error)}"
+            if attestation.last_error
+            else ""
+        )
     )
 
 
@@ -366,7 +370,7 @@ def events(
             if output is Output.JSON:
                 _print_json(_dump(page))
             else:
-                views.console().print(views.event_table(reversed(page.events)))
+                views.show(views.console(), views.event_table(reversed(page.events)))
             return
         oldest_first = list(reversed(page.events))
         _print_events(oldest_first, output)
@@ -398,5 +402,5 @@ def _print_events(events: list[EventOut], output: Output) -> None:
     else:
         shown = views.console()
         for event in events:
-            shown.print("  ".join(views.event_row(event)), markup=False)
+            shown.print("  ".join(views.event_row(event)))
     sys.stdout.flush()
