@@ -1,16 +1,23 @@
 """A real ``serve`` for the client's end-to-end tests (SDK and CLI), shared by
-a module's tests: an ``external`` provider with a reference policy for
-sev-snp (so a policy can be downloaded), an admin and a member token."""
+a module's tests, on SQLite and (with PRISM_BACKENDS_TEST_POSTGRES_URL) on a
+PostgreSQL schema of its own: an ``external`` provider with a reference policy
+for sev-snp (so a policy can be downloaded), an admin and a member token."""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
+from tests.conftest import BACKENDS, POSTGRES_ENV, postgres_base_url
 from tests.served import DOMAIN, Processes, Spec, free_port, save_config
 
 POLICY = json.dumps(
@@ -45,9 +52,38 @@ def _serve() -> Spec:
     )
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, pycache: Path) -> Iterator[Service]:
-    processes = Processes(tmp_path_factory.mktemp("served"), pycache)
+@contextmanager
+def _store(backend: str) -> Iterator[str | None]:
+    """None for the embedded SQLite; else the URL of a fresh PostgreSQL schema."""
+    if backend == "sqlite":
+        yield None
+        return
+    base = os.environ[POSTGRES_ENV]
+    schema = f"prism_client_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pycache: Path
+) -> Iterator[Service]:
+    if request.param == "postgres" and not postgres_base_url():
+        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV}")
+    with _store(request.param) as database_url:
+        yield from _served(tmp_path_factory.mktemp("served"), pycache, database_url)
+
+
+def _served(tmp: Path, pycache: Path, database_url: str | None) -> Iterator[Service]:
+    processes = Processes(tmp, pycache, database_url=database_url)
     providers = processes.data_dir / "providers"
     providers.mkdir()
     (providers / "snp-policy.json").write_bytes(POLICY)
