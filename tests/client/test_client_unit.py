@@ -374,3 +374,20 @@ def test_the_async_client_builds_the_same_requests_and_maps_the_same_errors() ->
     assert ids == ["cvm-0", "cvm-1", "cvm-2"]
     assert state == "pending"
     assert recorder.requests[-2].method == "POST"
+
+
+def test_the_sdk_loads_no_server_code() -> None:
+    """Importing a package runs its parents' ``__init__`` too, which the import
+    contract does not follow: check what a fresh interpreter really loads."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, prism_backends.client\n"
+        "server = ('sqlalchemy', 'fastapi', 'starlette', 'uvicorn', 'grpc', 'typer', 'psycopg')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in server))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
