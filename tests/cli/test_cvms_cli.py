@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import stat
 import subprocess
@@ -308,3 +309,38 @@ def test_a_profile_and_the_precedence_of_flags_and_environment(
     assert result.exit_code == 2 and "no domain" in result.stderr  # env beats the profile
     result = invoke(service, tmp_path, "list", "--profile", "missing", **env)
     assert result.exit_code == 2 and "no profile 'missing'" in result.stderr
+
+
+def test_on_a_terminal_the_wait_is_a_live_status(service: Service, tmp_path: Path) -> None:
+    """The other side of 'no control codes off a terminal': on one, rich draws."""
+    controller, terminal = pty.openpty()
+    args = ["create", _name("tty"), "--provider", "external", "--vcpus", "2", "--wait",
+            "--timeout", "1", "--poll", "0.2"]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prism_backends", "cvms", *args],
+        env={**_env(service, tmp_path), "TERM": "xterm-256color", "COLUMNS": "120"},
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the process is done
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        os.close(controller)
+    shown = seen.decode(errors="replace")
+    assert ESC in shown  # the spinner's redraws
+    assert "state provisioned, status starting" in shown
+    assert "not running after 1 s" in shown
