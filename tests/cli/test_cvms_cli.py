@@ -344,3 +344,21 @@ def test_on_a_terminal_the_wait_is_a_live_status(service: Service, tmp_path: Pat
     assert ESC in shown  # the spinner's redraws
     assert "state provisioned, status starting" in shown
     assert "not running after 1 s" in shown
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly(
+    service: Service, tmp_path: Path
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prism_backends", "cvms", "list", "--output", "json"],
+        env=_env(service, tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the command writes anything
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=60) == 0, stderr
+    assert stderr == ""

@@ -10,16 +10,17 @@ failure is one ``error: ...`` line on stderr. Where requests go: see
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec
 
 import typer
 from pydantic import BaseModel
@@ -38,6 +39,7 @@ from prism_backends.client import AuthError, Client, ClientError, TransportError
 from prism_backends.client.models import CVMOut, EventOut, StatSample
 
 EXIT_FAILED, EXIT_AUTH = 1, 3
+P = ParamSpec("P")
 STATS_PAGE = 10_000  # the statistics route's largest page
 
 cvms_app = typer.Typer(
@@ -86,6 +88,21 @@ def _api(
         _fail(str(exc), EXIT_FAILED)
 
 
+def _pipe_safe(command: Callable[P, None]) -> Callable[P, None]:
+    """A command whose reader went away (``| head``) ends quietly, not with a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except BrokenPipeError:
+            # What is left buffered goes nowhere, so that exiting does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
+
+    return run
+
+
 def _fail(message: str, code: int) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -103,6 +120,7 @@ def _dump(model: BaseModel) -> Any:
 
 
 @cvms_app.command("create")
+@_pipe_safe
 def create(
     name: Annotated[str, typer.Argument(help="The CVM's name (unique among live CVMs).")],
     provider: Annotated[
@@ -159,6 +177,7 @@ def create(
 
 
 @cvms_app.command("list")
+@_pipe_safe
 def list_cvms(
     name: Annotated[str | None, typer.Option("--name", help="Case-insensitive substring.")] = None,
     status: Annotated[
@@ -188,6 +207,7 @@ def list_cvms(
 
 
 @cvms_app.command("show")
+@_pipe_safe
 def show(
     cvm_id: CvmIdArg,
     output: OutputOpt = Output.TABLE,
@@ -210,6 +230,7 @@ def _show_cvm(cvm: CVMOut, output: Output) -> None:
 
 
 @cvms_app.command("delete")
+@_pipe_safe
 def delete(
     cvm_id: CvmIdArg,
     url: UrlOpt = None,
@@ -224,6 +245,7 @@ def delete(
 
 
 @cvms_app.command("stats")
+@_pipe_safe
 def stats(
     cvm_id: CvmIdArg,
     days: Annotated[int, typer.Option("--days", help="The window, in days.")] = 1,
@@ -274,6 +296,7 @@ class PolicyFormat(StrEnum):
 
 
 @cvms_app.command("policy")
+@_pipe_safe
 def policy(
     cvm_id: CvmIdArg,
     out_file: FileOpt = None,
@@ -310,6 +333,7 @@ def _is_text(data: bytes) -> bool:
 
 
 @cvms_app.command("agent-config")
+@_pipe_safe
 def agent_config(
     cvm_id: CvmIdArg,
     out_file: FileOpt = None,
@@ -344,6 +368,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 @cvms_app.command("events")
+@_pipe_safe
 def events(
     cvm_id: CvmIdArg,
     limit: Annotated[int, typer.Option("--limit", help="The newest N events, 1-100.")] = 20,
