@@ -346,9 +346,7 @@ def test_on_a_terminal_the_wait_is_a_live_status(service: Service, tmp_path: Pat
     assert "not running after 1 s" in shown
 
 
-def test_a_reader_that_went_away_ends_the_command_quietly(
-    service: Service, tmp_path: Path
-) -> None:
+def test_a_reader_that_went_away_ends_the_command_quietly(service: Service, tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "prism_backends", "cvms", "list", "--output", "json"],
         env=_env(service, tmp_path),
