@@ -99,7 +99,10 @@ def list_certificates(
     cvms_service.check_domain(domain_id, domain_query)
     with unit_of_work(runtime.sessions, read_only=True) as session:
         found = service.list_certificates(principal, session, domain_id=domain_id, cvm_id=cvm_id)
-        certificates = [CertificateOut.of(certificate) for certificate in found]
+        certificates = [
+            CertificateOut.of(certificate.credential, certificate.state.value)
+            for certificate in found
+        ]
     return CertificateList(certificates=certificates, total=len(certificates))
 
 
@@ -122,7 +125,7 @@ def issue_certificate(
         issued = service.issue_certificate(
             principal, session, issuer=runtime.credentials, domain_id=domain_id, cvm_id=cvm_id
         )
-        return CertificateOut.of(issued)
+        return CertificateOut.of(issued.credential, issued.state.value)
 
 
 @router.post(
@@ -150,7 +153,7 @@ def renew_certificate(
             cvm_id=cvm_id,
             serial=serial,
         )
-        return CertificateOut.of(renewed)
+        return CertificateOut.of(renewed.credential, renewed.state.value)
 
 
 @router.post(
@@ -172,4 +175,4 @@ def revoke_certificate(
         revoked = service.revoke_certificate(
             principal, session, domain_id=domain_id, cvm_id=cvm_id, serial=serial
         )
-        return CertificateOut.of(revoked)
+        return CertificateOut.of(revoked.credential, revoked.state.value)

@@ -1,15 +1,16 @@
-"""Wire shapes of the agent routes."""
+"""Wire shapes of the agent routes. Plain pydantic, no store: the client SDK
+(``prism_backends.client``) reads responses with these very models."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from pydantic import BaseModel, Field
 
-from prism_backends.agents.models import AgentEvent
-from prism_backends.agents.service import Certificate
 from prism_backends.cvms.schemas import rfc3339
 
 
@@ -21,6 +22,20 @@ class AgentConfigOut(BaseModel):
     client_cert: str = Field(description="PEM of this CVM's client certificate.")
     client_key: str = Field(description="PEM of its private key: keep it secret.")
     log_level: str
+
+
+class ShowsEvent(Protocol):
+    """What an event's wire form reads: an ``agents.models.AgentEvent`` row."""
+
+    id: int
+    cvm_id: str
+    kind: str
+    occurred_at: datetime
+    received_at: datetime
+    level: str
+    message: str
+    computation_id: str
+    details: str
 
 
 class EventOut(BaseModel):
@@ -38,7 +53,7 @@ class EventOut(BaseModel):
     details: dict[str, object]
 
     @classmethod
-    def of(cls, event: AgentEvent) -> EventOut:
+    def of(cls, event: ShowsEvent) -> EventOut:
         details = json.loads(event.details) if event.details else {}
         return cls(
             id=str(event.id),
@@ -60,6 +75,16 @@ class EventPage(BaseModel):
     offset: int
 
 
+class ShowsCredential(Protocol):
+    """What a certificate's wire form reads: an ``agents.models.AgentCredential`` row."""
+
+    serial: str
+    cert_pem: str
+    not_before: datetime
+    not_after: datetime
+    revoked_at: datetime | None
+
+
 class CertificateOut(BaseModel):
     serial: str = Field(description="Hex, as in the certificate.")
     not_before: str
@@ -72,13 +97,12 @@ class CertificateOut(BaseModel):
     fingerprint_sha256: str = Field(description="SHA-256 of the certificate's DER, hex.")
 
     @classmethod
-    def of(cls, certificate: Certificate) -> CertificateOut:
-        credential = certificate.credential
+    def of(cls, credential: ShowsCredential, state: str) -> CertificateOut:
         return cls(
             serial=credential.serial,
             not_before=rfc3339(credential.not_before),
             not_after=rfc3339(credential.not_after),
-            state=certificate.state.value,
+            state=state,
             revoked_at=rfc3339(credential.revoked_at) if credential.revoked_at else None,
             fingerprint_sha256=_fingerprint(credential.cert_pem),
         )

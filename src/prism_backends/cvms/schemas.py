@@ -1,4 +1,7 @@
-"""The wire shapes of the CVM routes, exactly as the contract fixes them."""
+"""The wire shapes of the CVM routes, exactly as the contract fixes them.
+
+Plain pydantic and pure modules only: the client SDK (``prism_backends.client``)
+reads answers with these very models (an import-linter contract holds it)."""
 
 from __future__ import annotations
 
