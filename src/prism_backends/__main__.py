@@ -1,3 +1,3 @@
-from prism_backends.cli.main import main
+from prism_backends.cli.entry import main
 
 main()
