@@ -74,7 +74,18 @@ NAME_TAKEN = {
 INSERT_CVM_SQL = (
     f"INSERT INTO cvms ({', '.join(ALL_COLUMNS)}) VALUES ({', '.join('?' for _ in ALL_COLUMNS)})"
 )
-CREDENTIAL_COLUMNS = ("cvm_id", "serial", "cert_pem", "sealed_key", "not_after", "revoked_at")
+CREDENTIAL_COLUMNS = (
+    "cvm_id",
+    "serial",
+    "cert_pem",
+    "sealed_key",
+    "not_before",
+    "not_after",
+    "revoked_at",
+    "presented_at",
+    "expiry_warned_at",
+)
+CREDENTIAL_ID_BACK = {True: " RETURNING agent_credentials.id", False: ""}
 INSERT_CREDENTIAL_SQL = (
     f"INSERT INTO agent_credentials ({', '.join(CREDENTIAL_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in CREDENTIAL_COLUMNS)})"
@@ -430,7 +441,10 @@ def create_anchor(
             format(issued.serial, "x"),
             issued.cert_pem.decode(),
             credentials.sealer.seal(issued.key_pem, bound_to=cvm_id),
+            issued.not_before,
             issued.not_after,
+            None,
+            None,
             None,
         )
         with store.transaction(read_only=False) as run:
@@ -440,7 +454,8 @@ def create_anchor(
                     409, "conflict", f"a CVM named {name!r} already exists in this domain"
                 )
             run(INSERT_CVM_SQL, [row[column] for column in ALL_COLUMNS])
-            run(INSERT_CREDENTIAL_SQL, credential)
+            # The ORM reads the new row's id back where the driver can say it at once.
+            run(INSERT_CREDENTIAL_SQL + CREDENTIAL_ID_BACK[store.postgres], credential)
         location = f"{BASE_PATH}/{domain_id}/cvms/{cvm_id}"
         return json_response(render(row, with_evidence=True), 201, {"Location": location})
 
