@@ -360,3 +360,45 @@ def test_a_reader_that_went_away_ends_the_command_quietly(service: Service, tmp_
     process.stderr.close()
     assert process.wait(timeout=60) == 0, stderr
     assert stderr == ""
+
+
+def test_certificates_listed_issued_renewed_and_revoked(service: Service, tmp_path: Path) -> None:
+    created = invoke(
+        service, tmp_path, "create", _name("certs"), "--provider", "external", "--vcpus", "2",
+        "--output", "json",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.stderr
+    cvm_id = json.loads(created.stdout)["id"]
+
+    def listed() -> list[dict[str, Any]]:
+        result = invoke(service, tmp_path, "certificates", "list", cvm_id, "--output", "json")
+        assert result.exit_code == 0, result.stderr
+        document: dict[str, Any] = json.loads(result.stdout)
+        assert document == _get(service, f"/{DOMAIN}/cvms/{cvm_id}/certificates")
+        return list(document["certificates"])
+
+    [first] = listed()
+    assert first["state"] == "active"
+
+    issued = invoke(service, tmp_path, "certificates", "issue", cvm_id)
+    assert issued.exit_code == 0, issued.stderr
+    assert issued.stdout.split()[:2] == ["serial", "state"]
+    newest = listed()[0]
+    assert newest["state"] == "pending" and newest["serial"] in issued.stdout
+    assert f"issued {newest['serial']}" in issued.stderr
+
+    renewed = invoke(service, tmp_path, "certificates", "renew", cvm_id, first["serial"])
+    assert renewed.exit_code == 0, renewed.stderr
+    states = {each["serial"]: each["state"] for each in listed()}
+    assert len(states) == 3 and states[first["serial"]] == "active", states
+
+    revoked = invoke(
+        service, tmp_path, "certificates", "revoke", cvm_id, newest["serial"], "--output", "json"
+    )
+    assert revoked.exit_code == 0, revoked.stderr
+    assert json.loads(revoked.stdout)["state"] == "revoked"
+    again = invoke(service, tmp_path, "certificates", "revoke", cvm_id, newest["serial"])
+    assert again.exit_code == 1 and again.stderr.startswith("error: "), again.stderr
+    assert "already revoked" in again.stderr
+    unknown = invoke(service, tmp_path, "certificates", "renew", cvm_id, "abcdef")
+    assert unknown.exit_code == 1, unknown.stderr

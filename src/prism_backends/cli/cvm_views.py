@@ -14,7 +14,7 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from prism_backends.client.models import CVMOut, CVMPage, EventOut, StatSample
+from prism_backends.client.models import Certificate, CVMOut, CVMPage, EventOut, StatSample
 
 # Wide enough off a terminal that a table of ids is not wrapped into a pipe.
 PIPE_WIDTH = 240
@@ -98,6 +98,23 @@ def event_row(event: EventOut) -> tuple[str, str, str, str, str]:
         event.id, event.received_at, printable(event.kind), printable(event.level),
         printable(event.message),
     )  # fmt: skip
+
+
+def certificate_table(certificates: Iterable[Certificate]) -> Table:
+    table = Table(
+        "serial", "state", "not before", "not after", "revoked", "sha-256", box=None,
+        pad_edge=False, header_style="bold",
+    )  # fmt: skip
+    for each in certificates:
+        table.add_row(
+            each.serial, Text(each.state, style=_certificate_style(each.state)), each.not_before,
+            each.not_after, each.revoked_at or "", each.fingerprint_sha256,
+        )  # fmt: skip
+    return table
+
+
+def _certificate_style(state: str) -> str:
+    return {"active": "green", "pending": "yellow"}.get(state, "dim")
 
 
 def printable(text: str) -> str:

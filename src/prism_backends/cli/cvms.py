@@ -67,7 +67,7 @@ FileOpt = Annotated[
 
 
 @contextmanager
-def _api(
+def connect(
     url: str | None, token: str | None, domain: str | None, profile: str | None
 ) -> Iterator[Client]:
     """A client for the resolved connection; every client failure ends the
@@ -88,7 +88,7 @@ def _api(
         _fail(str(exc), EXIT_FAILED)
 
 
-def _pipe_safe(command: Callable[P, None]) -> Callable[P, None]:
+def pipe_safe(command: Callable[P, None]) -> Callable[P, None]:
     """A command whose reader went away (``| head``) ends quietly, not with a traceback."""
 
     @functools.wraps(command)
@@ -108,11 +108,11 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _print_json(document: Any) -> None:
+def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
-def _dump(model: BaseModel) -> Any:
+def dump(model: BaseModel) -> Any:
     return model.model_dump(mode="json")
 
 
@@ -120,7 +120,7 @@ def _dump(model: BaseModel) -> Any:
 
 
 @cvms_app.command("create")
-@_pipe_safe
+@pipe_safe
 def create(
     name: Annotated[str, typer.Argument(help="The CVM's name (unique among live CVMs).")],
     provider: Annotated[
@@ -163,7 +163,7 @@ def create(
     """Create a CVM; with --wait, until it is running (exit 1 if it fails or --timeout passes)."""
     if timeout < 0 or poll <= 0:
         raise usage_error("--timeout must be >= 0 and --poll > 0")
-    with _api(url, token, domain, profile) as api:
+    with connect(url, token, domain, profile) as api:
         cvm = api.create_cvm(provider, vcpus, platform, name, log_level, agent_url, idempotency_key)
         if wait:
             err = views.console(stderr=True)
@@ -177,7 +177,7 @@ def create(
 
 
 @cvms_app.command("list")
-@_pipe_safe
+@pipe_safe
 def list_cvms(
     name: Annotated[str | None, typer.Option("--name", help="Case-insensitive substring.")] = None,
     status: Annotated[
@@ -196,18 +196,18 @@ def list_cvms(
     profile: ProfileOpt = None,
 ) -> None:
     """List the domain's CVMs, newest first."""
-    with _api(url, token, domain, profile) as api:
+    with connect(url, token, domain, profile) as api:
         page = api.list_cvms(
             name=name, status=status, cc_platform=platform, days=days, limit=limit, offset=offset
         )
     if output is Output.JSON:
-        _print_json(_dump(page))
+        print_json(dump(page))
     else:
         views.show(views.console(), views.cvm_table(page))
 
 
 @cvms_app.command("show")
-@_pipe_safe
+@pipe_safe
 def show(
     cvm_id: CvmIdArg,
     output: OutputOpt = Output.TABLE,
@@ -217,20 +217,20 @@ def show(
     profile: ProfileOpt = None,
 ) -> None:
     """Show one CVM."""
-    with _api(url, token, domain, profile) as api:
+    with connect(url, token, domain, profile) as api:
         cvm = api.get_cvm(cvm_id)
     _show_cvm(cvm, output)
 
 
 def _show_cvm(cvm: CVMOut, output: Output) -> None:
     if output is Output.JSON:
-        _print_json(_dump(cvm))
+        print_json(dump(cvm))
     else:
         views.show(views.console(), views.cvm_details(cvm))
 
 
 @cvms_app.command("delete")
-@_pipe_safe
+@pipe_safe
 def delete(
     cvm_id: CvmIdArg,
     url: UrlOpt = None,
@@ -239,13 +239,13 @@ def delete(
     profile: ProfileOpt = None,
 ) -> None:
     """Delete a CVM (its teardown goes on in the background)."""
-    with _api(url, token, domain, profile) as api:
+    with connect(url, token, domain, profile) as api:
         api.delete_cvm(cvm_id)
     typer.echo(f"deleted {cvm_id}", err=True)
 
 
 @cvms_app.command("stats")
-@_pipe_safe
+@pipe_safe
 def stats(
     cvm_id: CvmIdArg,
     days: Annotated[int, typer.Option("--days", help="The window, in days.")] = 1,
@@ -262,9 +262,9 @@ def stats(
     profile: ProfileOpt = None,
 ) -> None:
     """Uptime over the window as a bar per day, and the attestation counts."""
-    with _api(url, token, domain, profile) as api:
+    with connect(url, token, domain, profile) as api:
         if output is Output.JSON:
-            _print_json(_dump(api.statistics(cvm_id, days=days, limit=limit, offset=offset)))
+            print_json(dump(api.statistics(cvm_id, days=days, limit=limit, offset=offset)))
             return
         first = api.statistics(cvm_id, days=days, limit=STATS_PAGE, offset=0)
         samples: list[StatSample] = list(first.cvm_stats)
@@ -296,7 +296,7 @@ class PolicyFormat(StrEnum):
 
 
 @cvms_app.command("policy")
-@_pipe_safe
+@pipe_safe
 def policy(
     cvm_id: CvmIdArg,
     out_file: FileOpt = None,
@@ -310,7 +310,7 @@ def policy(
     profile: ProfileOpt = None,
 ) -> None:
     """Write the CVM's attestation policy (the bytes clients verify against) to stdout or a file."""
-    with _api(url, token, domain, profile) as api:
+    with connect(url, token, domain, profile) as api:
         document = api.attestation_policy(
             cvm_id, policy_format=policy_format.value if policy_format else None
         )
@@ -333,7 +333,7 @@ def _is_text(data: bytes) -> bool:
 
 
 @cvms_app.command("agent-config")
-@_pipe_safe
+@pipe_safe
 def agent_config(
     cvm_id: CvmIdArg,
     out_file: FileOpt = None,
@@ -344,9 +344,9 @@ def agent_config(
 ) -> None:
     """Write what the CVM's agent needs to connect (`prism-backends agent --config FILE`):
     it holds the agent's private key; a file is written readable by its owner only."""
-    with _api(url, token, domain, profile) as api:
+    with connect(url, token, domain, profile) as api:
         config = api.agent_config(cvm_id)
-    text = json.dumps(_dump(config), indent=2) + "\n"
+    text = json.dumps(dump(config), indent=2) + "\n"
     typer.echo("warning: this holds the agent's private key: keep it secret", err=True)
     if out_file is None:
         sys.stdout.write(text)
@@ -368,7 +368,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 @cvms_app.command("events")
-@_pipe_safe
+@pipe_safe
 def events(
     cvm_id: CvmIdArg,
     limit: Annotated[int, typer.Option("--limit", help="The newest N events, 1-100.")] = 20,
@@ -389,11 +389,11 @@ def events(
     (with --output json: one event per line)."""
     if poll <= 0:
         raise usage_error("--poll must be > 0")
-    with _api(url, token, domain, profile) as api:
+    with connect(url, token, domain, profile) as api:
         page = api.events(cvm_id, limit=limit, offset=offset)
         if not follow:
             if output is Output.JSON:
-                _print_json(_dump(page))
+                print_json(dump(page))
             else:
                 views.show(views.console(), views.event_table(reversed(page.events)))
             return
@@ -423,7 +423,7 @@ def _events_after(api: Client, cvm_id: str, last: int) -> list[EventOut]:
 def _print_events(events: list[EventOut], output: Output) -> None:
     if output is Output.JSON:
         for event in events:
-            sys.stdout.write(json.dumps(_dump(event)) + "\n")
+            sys.stdout.write(json.dumps(dump(event)) + "\n")
     else:
         shown = views.console()
         for event in events:

@@ -11,9 +11,9 @@ import typer
 
 def main() -> None:
     if sys.argv[1:2] == ["cvms"]:
-        from prism_backends.cli.cvms import cvms_app
+        from prism_backends.cli.tenant import tenant_app
 
-        typer.main.get_command(cvms_app).main(args=sys.argv[2:], prog_name="prism-backends cvms")
+        typer.main.get_command(tenant_app).main(args=sys.argv[2:], prog_name="prism-backends cvms")
         return
     from prism_backends.cli.main import main as everything
 

@@ -24,7 +24,6 @@ from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.auth.permissions import Role
 from prism_backends.auth.tokens import issue_token
 from prism_backends.cli.attestation import attestation_app
-from prism_backends.cli.cvms import cvms_app
 from prism_backends.cli.manager import manager_app
 from prism_backends.cli.options import (
     ConfigOpt,
@@ -38,6 +37,7 @@ from prism_backends.cli.options import (
 )
 from prism_backends.cli.settings import settings_command
 from prism_backends.cli.signin import offers_sign_in_link, print_sign_in_link
+from prism_backends.cli.tenant import tenant_app
 from prism_backends.config import Settings
 from prism_backends.console.signin import SignInCodes
 from prism_backends.datadir import DataDirError
@@ -68,7 +68,7 @@ token_app = typer.Typer(
 app.add_typer(token_app, name="token")
 app.add_typer(attestation_app, name="attestation")
 app.add_typer(manager_app, name="manager")
-app.add_typer(cvms_app, name="cvms")
+app.add_typer(tenant_app, name="cvms")
 app.command("settings")(settings_command)
 
 HostOpt = Annotated[
