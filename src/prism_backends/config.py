@@ -85,6 +85,29 @@ class Settings(LayeredSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text, or json: one object per line (time, level, logger, message, "
+        "request_id, domain, cvm_id where known).",
+    )
+
+    # Metrics.
+    metrics_enabled: bool = Field(
+        True, description="Serve Prometheus metrics at /metrics and BASE_PATH/metrics."
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description="Where processes run apart (api, worker, agents) on one host share their "
+        "metrics, so that any one's /metrics shows all. Default: DATA_DIR/metrics.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="worker and agents: also serve /metrics on this port (the API serves "
+        "them on its own).",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Where metrics_port listens.")
 
     # Authentication.
     jwt_algorithms: list[str] = Field(
@@ -318,6 +341,10 @@ class Settings(LayeredSettings):
             # Guests under user-mode networking reach this host's loopback there.
             names.append(SLIRP_HOST_ADDRESS)
         return names if host in names else [host, *names]
+
+    @property
+    def effective_metrics_dir(self) -> Path:
+        return self.metrics_dir if self.metrics_dir is not None else self.data_dir / "metrics"
 
     @property
     def effective_providers_dir(self) -> Path | None:

@@ -80,7 +80,8 @@ def _close_runtimes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     built: list[Runtime] = []
     original = cli_main._runtime
 
-    def _recording(settings: Settings) -> Runtime:
+    def _recording(settings: Settings, *, share_metrics: bool = False) -> Runtime:
+        # Not shared: multiprocess metrics would switch this whole test process over.
         runtime = original(settings)
         built.append(runtime)
         return runtime

@@ -29,6 +29,7 @@ from prism_backends.attestation.pinning import pinned_policy
 from prism_backends.attestation.snp.crl import RevocationChecks
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
+from prism_backends.observability.evidence import count_verdict
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class Appraiser:
                     session, cvm_id, "attestation_failed", verdict, now, evidence=_digest(raw)
                 )
         log.info("CVM %s evidence: %s %s", cvm_id, verdict.verified, verdict.reason)
+        count_verdict(verdict.platform, verdict.verified, verdict.reason)
         return verdict
 
     def _appraise(self, raw: bytes, context: repository.EvidenceContext, now: Any) -> Verdict:

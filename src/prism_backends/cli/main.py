@@ -29,7 +29,9 @@ from prism_backends.cli.options import (
     ConfigOpt,
     DatabaseUrlOpt,
     DataDirOpt,
+    LogFormatOpt,
     LogLevelOpt,
+    MetricsPortOpt,
     SetOpt,
     parse_duration,
     settings_from,
@@ -47,6 +49,8 @@ from prism_backends.http import access_log
 from prism_backends.http.app import create_app
 from prism_backends.lifecycle.worker import LifecycleWorkers
 from prism_backends.manager.local import LocalManager
+from prism_backends.observability import exposition
+from prism_backends.observability.store import StoreGauges
 from prism_backends.providers.config import DEFAULT_VCPUS, ProviderConfig
 from prism_backends.runtime import Runtime
 from prism_backends.statistics.sampler import Sampler
@@ -97,9 +101,27 @@ AgentsPortOpt = Annotated[
 ]
 
 
-def _runtime(settings: Settings) -> Runtime:
-    setup_logging(settings.log_level)
+def _runtime(settings: Settings, *, share_metrics: bool = False) -> Runtime:
+    """``share_metrics``: a long-running process of the service (serve, api, worker,
+    agents), whose metrics any sibling's ``/metrics`` adds up."""
+    setup_logging(settings.log_level, settings.log_format)
+    if share_metrics and settings.metrics_enabled:
+        exposition.share_between_processes(settings.effective_metrics_dir)
     return Runtime(settings)
+
+
+def _serve_metrics_port(runtime: Runtime) -> None:
+    settings = runtime.settings
+    if settings.metrics_port is None or not settings.metrics_enabled:
+        return
+    try:
+        exposition.serve_on_port(
+            settings.metrics_host, settings.metrics_port, StoreGauges(runtime.sessions)
+        )
+    except OSError as exc:
+        typer.echo(f"error: cannot serve metrics on port {settings.metrics_port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
 
 
 def _migrate_or_exit(runtime: Runtime) -> None:
@@ -130,6 +152,8 @@ def _serve_http(runtime: Runtime, *, sign_in_link: bool = False) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        # In JSON, uvicorn's lines go through the service's handler like every other.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         server_header=False,
     )
     access_log.install()
@@ -179,6 +203,7 @@ def serve(
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
     local_manager: Annotated[
         bool | None,
         typer.Option(
@@ -211,10 +236,11 @@ def serve(
         data_dir=data_dir,
         database_url=database_url,
         log_level=log_level,
+        log_format=log_format,
         local_manager=local_manager,
         sign_in_link=sign_in_link,
     )
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, share_metrics=True)
     _migrate_or_exit(runtime)
     beside = _start_local_manager(runtime) if settings.local_manager else None
     workers = LifecycleWorkers(settings, runtime.sessions, runtime.catalog, runtime.agent_bootstrap)
@@ -269,6 +295,7 @@ def api(
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
     sets: SetOpt = None,
 ) -> None:
     """Run only the HTTP API (run any number, on PostgreSQL, beside 'worker')."""
@@ -280,8 +307,9 @@ def api(
         data_dir=data_dir,
         database_url=database_url,
         log_level=log_level,
+        log_format=log_format,
     )
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, share_metrics=True)
     try:
         _require_current_schema(runtime)
         _serve_http(runtime)
@@ -295,6 +323,8 @@ def worker(
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
+    metrics_port: MetricsPortOpt = None,
     concurrency: Annotated[
         int | None,
         typer.Option(
@@ -314,9 +344,11 @@ def worker(
         data_dir=data_dir,
         database_url=database_url,
         log_level=log_level,
+        log_format=log_format,
+        metrics_port=metrics_port,
         worker_concurrency=concurrency,
     )
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, share_metrics=True)
     try:
         _require_current_schema(runtime)
     except typer.Exit:
@@ -331,6 +363,7 @@ def worker(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    _serve_metrics_port(runtime)
     workers.start()
     sampler.start()
     while not stopping.wait(1.0):
@@ -348,6 +381,8 @@ def agents(
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
+    metrics_port: MetricsPortOpt = None,
     sets: SetOpt = None,
 ) -> None:
     """Run only the agents' gRPC endpoint (run several replicas, on PostgreSQL)."""
@@ -358,10 +393,13 @@ def agents(
         data_dir=data_dir,
         database_url=database_url,
         log_level=log_level,
+        log_format=log_format,
+        metrics_port=metrics_port,
     )
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, share_metrics=True)
     try:
         _require_current_schema(runtime)
+        _serve_metrics_port(runtime)
         sampler = Sampler(settings, runtime.sessions)
         sampler.start()
         try:

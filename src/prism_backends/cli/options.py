@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from prism_backends.config import Settings, load_settings
+from prism_backends.observability import logs
 
 ConfigOpt = Annotated[
     Path | None,
@@ -63,6 +64,22 @@ LogLevelOpt = Annotated[
     typer.Option(
         "--log-level",
         help="debug, info, warning or error [env: PRISM_BACKENDS_LOG_LEVEL; default: info].",
+        show_default=False,
+    ),
+]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="text, or json (one object per line) [env: PRISM_BACKENDS_LOG_FORMAT; default: text].",
+        show_default=False,
+    ),
+]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        help="Also serve /metrics on this port [env: PRISM_BACKENDS_METRICS_PORT; default: none].",
         show_default=False,
     ),
 ]
@@ -145,11 +162,10 @@ def loaded_or_exit(
 SDK_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "azure", "msal", "google")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logs.formatter(log_format))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     for name in SDK_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -17,6 +17,7 @@ from prism_backends.http.errors import install_error_handlers
 from prism_backends.http.head import HeadAsGet
 from prism_backends.http.ratelimit import RequestLimits, SourceLimit
 from prism_backends.http.responses import error_responses
+from prism_backends.observability.endpoints import install_observability
 from prism_backends.offerings.endpoints import router as offerings_router
 from prism_backends.runtime import Runtime
 
@@ -64,6 +65,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     if runtime.settings.console:
         install_console(app, base)
+    install_observability(app, runtime)  # its middleware added last: outermost
 
     app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     return app

@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from prism_backends.cvms.models import CVM
 from prism_backends.lifecycle.queue import Work
+from prism_backends.observability.providers import timed_call
 from prism_backends.providers.base import (
     AgentBootstrap,
     Machine,
@@ -51,7 +52,8 @@ def step(work: Work, provider: Provider | None, agent: AgentBootstrap | None = N
     try:
         if work.state == State.PROVISIONING.value:
             return _provision(work, provider, agent)
-        provider.delete(work.id, work.provider_machine_id)
+        machine_id = work.provider_machine_id
+        timed_call(work.provider, "delete", lambda: provider.delete(work.id, machine_id))
     except RetryableProviderError as exc:
         return Outcome(Kind.RETRY, reason=str(exc) or type(exc).__name__)
     except TerminalProviderError as exc:
@@ -65,19 +67,18 @@ def step(work: Work, provider: Provider | None, agent: AgentBootstrap | None = N
 
 
 def _provision(work: Work, provider: Provider, agent: AgentBootstrap | None) -> Outcome:
-    machine = provider.create(
-        MachineRequest(
-            cvm_id=work.id,
-            domain_id=work.domain_id,
-            name=work.name,
-            platform=Platform(work.cc_platform),
-            vcpus=work.vcpus,
-            agent_log_level=LogLevel(work.agent_log_level),
-            agent_url=work.agent_url,
-            agent=agent,
-            attempt=work.attempts,
-        )
+    request = MachineRequest(
+        cvm_id=work.id,
+        domain_id=work.domain_id,
+        name=work.name,
+        platform=Platform(work.cc_platform),
+        vcpus=work.vcpus,
+        agent_log_level=LogLevel(work.agent_log_level),
+        agent_url=work.agent_url,
+        agent=agent,
+        attempt=work.attempts,
     )
+    machine = timed_call(work.provider, "create", lambda: provider.create(request))
     if machine.state is MachineState.CREATING:
         return Outcome(Kind.STILL_CREATING, machine=machine)
     if machine.state is MachineState.FAILED:

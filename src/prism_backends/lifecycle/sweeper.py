@@ -14,7 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.db.engine import unit_of_work
 from prism_backends.lifecycle import queue
-from prism_backends.providers.base import OwnedMachine, ProviderError
+from prism_backends.observability.instruments import instruments
+from prism_backends.observability.providers import timed_call
+from prism_backends.providers.base import OwnedMachine, Provider, ProviderError
 from prism_backends.providers.registry import Catalog
 from prism_backends.vocabulary import State
 
@@ -42,7 +44,7 @@ def sweep(catalog: Catalog, sessions: sessionmaker[Session]) -> SweepReport:
     for entry in catalog.entries():
         provider = entry.provider
         try:
-            machines = list(provider.owned_machines())
+            machines = _list(entry.config.name, provider)
         except ProviderError:
             log.warning("sweep: cannot list %s machines", entry.config.name, exc_info=True)
             failed += 1
@@ -54,7 +56,7 @@ def sweep(catalog: Catalog, sessions: sessionmaker[Session]) -> SweepReport:
             if not is_orphan(machine, rows.get(machine.cvm_id)):
                 continue
             try:
-                provider.delete(machine.cvm_id, machine.provider_machine_id)
+                _remove(entry.config.name, provider, machine)
             except ProviderError:
                 log.warning("sweep: cannot remove %s", machine, exc_info=True)
                 failed += 1
@@ -66,4 +68,17 @@ def sweep(catalog: Catalog, sessions: sessionmaker[Session]) -> SweepReport:
                 machine.cvm_id,
             )
             removed += 1
+            instruments().sweep_removed.labels(entry.config.name).inc()
     return SweepReport(examined=examined, removed=removed, failed=failed)
+
+
+def _list(provider_name: str, provider: Provider) -> list[OwnedMachine]:
+    return timed_call(provider_name, "list_owned", lambda: list(provider.owned_machines()))
+
+
+def _remove(provider_name: str, provider: Provider, machine: OwnedMachine) -> None:
+    timed_call(
+        provider_name,
+        "delete",
+        lambda: provider.delete(machine.cvm_id, machine.provider_machine_id),
+    )

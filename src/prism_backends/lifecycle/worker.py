@@ -25,6 +25,7 @@ from prism_backends.db.engine import unit_of_work
 from prism_backends.errors import StoreUnavailable
 from prism_backends.lifecycle import queue, reconciler, sweeper
 from prism_backends.lifecycle.backoff import retry_delay
+from prism_backends.observability import context
 from prism_backends.providers.base import AgentBootstrap
 from prism_backends.providers.registry import Catalog
 from prism_backends.vocabulary import State
@@ -153,6 +154,10 @@ class LifecycleWorkers:
             self._stranded.update(cvm_ids)
 
     def _converge(self, work: queue.Work) -> None:
+        with context.about_cvm(work.id):  # the CVM id on every log line of its work
+            self._converge_cvm(work)
+
+    def _converge_cvm(self, work: queue.Work) -> None:
         entry = self._catalog.get(work.provider)
         keeper = _LeaseKeeper(self._sessions, work.id, self._owner, self._settings.lease_seconds)
         agent = None

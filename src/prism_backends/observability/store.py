@@ -1,0 +1,103 @@
+"""Gauges read from the store at scrape time: what is true of the whole
+deployment, whichever process changed it (CVMs by provider, state and
+status; agents connected per replica; the lifecycle queue; the sampler).
+
+One short transaction per scrape, a handful of grouped counts over indexed
+columns. When the store cannot be reached the gauges are left out and
+``backends_store_up`` says 0: a scrape never fails for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from prism_backends.agents.models import AgentSession
+from prism_backends.cvms.models import CVM
+from prism_backends.db.base import utcnow
+from prism_backends.statistics.models import SampledSlot
+from prism_backends.vocabulary import State
+
+log = logging.getLogger(__name__)
+
+
+class StoreGauges(Collector):
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("backends_store_up", "1 when the store answered this scrape.")
+        try:
+            with self._sessions() as session:
+                families = list(_families(session, utcnow()))
+        except SQLAlchemyError as exc:
+            log.warning("metrics: the store did not answer: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+
+def _families(session: Session, now: datetime) -> Iterator[Metric]:
+    cvms = GaugeMetricFamily(
+        "backends_cvms", "CVMs not yet deleted, by provider, state and status.",
+        labels=["provider", "state", "status"],
+    )  # fmt: skip
+    for provider, state, status, count in session.execute(
+        select(CVM.provider, CVM.state, CVM.status, func.count())
+        .where(CVM.state != State.DELETED.value)
+        .group_by(CVM.provider, CVM.state, CVM.status)
+    ):
+        cvms.add_metric([provider, state, status], count)
+    yield cvms
+
+    agents = GaugeMetricFamily(
+        "backends_agents_connected", "Agents with an open stream, by agents replica.",
+        labels=["replica"],
+    )  # fmt: skip
+    for replica, count in session.execute(
+        select(AgentSession.replica, func.count())
+        .where(AgentSession.expires_at > now)
+        .group_by(AgentSession.replica)
+    ):
+        agents.add_metric([replica], count)
+    yield agents
+
+    depth, oldest = session.execute(
+        select(func.count(), func.min(CVM.next_attempt_at)).where(CVM.next_attempt_at <= now)
+    ).one()
+    yield GaugeMetricFamily(
+        "backends_lifecycle_queue_depth", "CVMs whose lifecycle work is due now.", value=depth
+    )
+    yield GaugeMetricFamily(
+        "backends_lifecycle_queue_oldest_due_seconds",
+        "How long the oldest due lifecycle item has waited (0 when none is due).",
+        value=(now - oldest).total_seconds() if oldest is not None else 0.0,
+    )
+
+    newest = session.execute(
+        select(SampledSlot.slot_at, SampledSlot.sampled_at)
+        .order_by(SampledSlot.slot_at.desc())
+        .limit(1)
+    ).first()
+    if newest is not None:
+        slot_at, sampled_at = newest
+        yield GaugeMetricFamily(
+            "backends_sampler_lag_seconds",
+            "How late the newest uptime sample was taken after its instant.",
+            value=(sampled_at - slot_at).total_seconds(),
+        )
+        yield GaugeMetricFamily(
+            "backends_sampler_last_sample_age_seconds",
+            "Time since the instant of the newest uptime sample (grows when no sampler runs).",
+            value=(now - slot_at).total_seconds(),
+        )
