@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
@@ -155,6 +156,6 @@ class Runtime:
         if "engine" in self.__dict__:
             try:
                 checkpoint(self.engine)  # the .db file alone then holds everything
-            except SQLAlchemyError:
+            except (SQLAlchemyError, sqlite3.Error):  # a raw connection's errors are not wrapped
                 log.warning("could not checkpoint the SQLite write-ahead log", exc_info=True)
             self.engine.dispose()
