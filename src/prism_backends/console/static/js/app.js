@@ -93,6 +93,12 @@ whenUnauthorized((error) => {
   signOut(`The service refused the access token (${error.message}). Sign in again.`);
 });
 
+// The skip link must not change the hash: the hash is the route.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  (main.querySelector("h1") || main).focus();
+});
+
 document.getElementById("sign-out").addEventListener("click", () => {
   signOut(null);
   announce("Signed out.");
