@@ -60,7 +60,7 @@ export function percent(fraction) {
 
 export const PLATFORM_LABELS = { "sev-snp": "AMD SEV-SNP", tdx: "Intel TDX" };
 export const PROVIDER_LABELS = {
-  external: "External (your machine)",
+  external: "External",
   ultraviolet: "Ultraviolet",
   azure: "Azure",
   gcp: "Google Cloud",
@@ -69,6 +69,8 @@ export const PROVIDER_LABELS = {
 
 export const platformLabel = (name) => PLATFORM_LABELS[name] || name;
 export const providerLabel = (name) => PROVIDER_LABELS[name] || name;
+// Where the create form offers a provider, what it means.
+export const providerChoiceLabel = (name) => (name === "external" ? "External (your own machine)" : providerLabel(name));
 
 // The agent's liveness (status) and the provisioning lifecycle (state) as a tone.
 const STATUS_TONES = {

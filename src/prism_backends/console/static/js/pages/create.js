@@ -5,7 +5,7 @@
 
 import { api, domainPath, splitFieldMessage } from "../api.js";
 import { field, h, options, replace, setFieldError } from "../dom.js";
-import { platformLabel, providerLabel } from "../format.js";
+import { platformLabel, providerChoiceLabel, providerLabel } from "../format.js";
 import { announce, busy, errorNotice, loading, pageHead } from "../ui.js";
 
 export const title = "Create a CVM";
@@ -104,7 +104,7 @@ function form(offerings, navigate) {
   };
   options(
     provider,
-    offerings.providers.map((p) => ({ value: p.name, label: providerLabel(p.name) })),
+    offerings.providers.map((p) => ({ value: p.name, label: providerChoiceLabel(p.name) })),
     offerings.providers[0].name,
   );
   provider.addEventListener("change", fillPlatforms);
