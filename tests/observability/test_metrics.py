@@ -3,6 +3,9 @@ on SQLite and on PostgreSQL; ``/ready`` sees the store."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +22,7 @@ from prism_backends.http.app import create_app
 from prism_backends.lifecycle.sweeper import sweep
 from prism_backends.lifecycle.worker import LifecycleWorkers
 from prism_backends.observability.evidence import reason_kind
+from prism_backends.observability.instruments import instruments
 from prism_backends.observability.latency import quantile_of
 from prism_backends.providers.base import Machine, MachineState, RetryableProviderError
 from prism_backends.providers.config import default_configs
@@ -252,3 +256,28 @@ def test_quantiles_are_nearest_rank() -> None:
     assert [quantile_of(ordered, q) for q in (0.5, 0.9, 0.99)] == [50.0, 90.0, 99.0]
     assert quantile_of([7.0], 0.99) == 7.0
     assert quantile_of([], 0.5) != quantile_of([], 0.5)  # NaN, as go-kit reports none
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_service_exports(
+    client: TestClient, runtime: Runtime
+) -> None:
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(?:backends|http)_[a-z_]+\b", target["expr"])
+    }
+    now = utcnow()
+    with unit_of_work(runtime.sessions) as session:
+        session.add(SampledSlot(slot_at=now, sampled_by="s", sampled_at=now))
+    client.get("/backends/health")
+    exported = {name for name, _ in _scrape(client)}
+    # Labelled series appear on first use: their families are known without it.
+    made = instruments()
+    for family in (getattr(made, field.name) for field in dataclasses.fields(made)):
+        for metric in family.describe():
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+            exported.update(metric.name + s for s in suffixes.get(metric.type, ("",)))
+    exported.update({"backends_cvms", "backends_agents_connected"})  # no rows, no series
+    assert queried and queried <= exported, queried - exported
