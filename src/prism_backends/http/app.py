@@ -46,7 +46,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     limits = RequestLimits.from_settings(runtime.settings)
     app.state.limits = limits
     app.add_middleware(HeadAsGet)
-    app.add_middleware(SourceLimit, limits=limits)  # added last: runs first
+    # Added after HeadAsGet, so it runs before it: a refused request costs nothing more.
+    # Only the request observer (install_observability, below) runs before it.
+    app.add_middleware(SourceLimit, limits=limits)
     install_error_handlers(app)
     app.include_router(cvms_router, prefix=base)
     app.include_router(agents_router, prefix=base)
