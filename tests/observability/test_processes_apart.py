@@ -6,6 +6,9 @@ backwards, and both log JSON lines that carry the request id and no token."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -97,3 +100,20 @@ def _logged(processes: Processes, label: str) -> list[str]:
 def _with(spec: Spec, *extra: str) -> Spec:
     spec.args.extend(extra)
     return spec
+
+
+def test_a_metrics_port_in_use_is_a_clear_start_up_error(embedded: Processes) -> None:
+    processes = embedded
+    processes.run("migrate")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "prism_backends", "worker", "--metrics-port", str(port)],
+            cwd=processes.tmp, env=processes.env(), capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    assert f"error: cannot serve metrics on port {port}" in stderr
+    assert "Traceback" not in stderr
