@@ -122,7 +122,7 @@ CVM_COLUMNS = (
     "updated_at",
     "request_digest",
 )
-CREDENTIAL_COLUMNS = ("cvm_id", "serial", "cert_pem", "sealed_key", "not_after")
+CREDENTIAL_COLUMNS = ("cvm_id", "serial", "cert_pem", "sealed_key", "not_before", "not_after")
 
 # The last line of a traceback: ``package.module.SomeError: message``.
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Detected|Unavailable)\b.*")
@@ -387,6 +387,7 @@ def fill_database(
                 format(issued.serial, "x"),
                 issued.cert_pem.decode(),
                 sealer.seal(issued.key_pem, bound_to=cvm_id),
+                issued.not_before,
                 issued.not_after,
             )
         )
