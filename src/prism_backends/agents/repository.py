@@ -434,3 +434,13 @@ def store_token(session: Session, cvm_id: str, token: str) -> None:
         .values(attestation_token=token)
         .execution_options(synchronize_session=False)
     )
+
+
+def open_sessions_by_replica(session: Session, now: datetime) -> list[tuple[str, int]]:
+    """System-scoped, for the metrics: unexpired agent sessions per agents replica."""
+    rows = session.execute(
+        select(AgentSession.replica, func.count())
+        .where(AgentSession.expires_at > now)
+        .group_by(AgentSession.replica)
+    )
+    return [(replica, count) for replica, count in rows]

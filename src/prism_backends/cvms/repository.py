@@ -1,4 +1,5 @@
-"""Every query on CVMs a request can make; each one is scoped by domain."""
+"""Every query on CVMs a request can make; each one is scoped by domain. The one
+system-wide read, ``deployment_counts``, serves the operators' metrics only."""
 
 from __future__ import annotations
 
@@ -264,3 +265,13 @@ def mark_deleted(session: Session, domain_id: str, cvm_id: str, now: datetime) -
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+def deployment_counts(session: Session) -> list[tuple[str, str, str, int]]:
+    """System-scoped, for the metrics: CVMs not deleted, by provider, state and status."""
+    rows = session.execute(
+        select(CVM.provider, CVM.state, CVM.status, func.count())
+        .where(CVM.state != State.DELETED.value)
+        .group_by(CVM.provider, CVM.state, CVM.status)
+    )
+    return [(provider, state, status, count) for provider, state, status, count in rows]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from prism_backends.cvms.models import CVM
@@ -129,3 +129,11 @@ def row_states(session: Session, cvm_ids: list[str]) -> dict[str, RowState]:
         ):
             states[cvm_id] = RowState(state=state, work_pending=next_attempt_at is not None)
     return states
+
+
+def due(session: Session, now: datetime) -> tuple[int, datetime | None]:
+    """How many CVMs' work is due now, and since when the oldest of it is."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(CVM.next_attempt_at)).where(CVM.next_attempt_at <= now)
+    ).one()
+    return count, oldest

@@ -15,15 +15,14 @@ from datetime import datetime
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from prism_backends.agents.models import AgentSession
-from prism_backends.cvms.models import CVM
+from prism_backends.agents import repository as agent_repository
+from prism_backends.cvms import repository as cvm_repository
 from prism_backends.db.base import utcnow
-from prism_backends.statistics.models import SampledSlot
-from prism_backends.vocabulary import State
+from prism_backends.lifecycle import queue
+from prism_backends.statistics import repository as statistics_repository
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,7 @@ def _families(session: Session, now: datetime) -> Iterator[Metric]:
         "backends_cvms", "CVMs not yet deleted, by provider, state and status.",
         labels=["provider", "state", "status"],
     )  # fmt: skip
-    for provider, state, status, count in session.execute(
-        select(CVM.provider, CVM.state, CVM.status, func.count())
-        .where(CVM.state != State.DELETED.value)
-        .group_by(CVM.provider, CVM.state, CVM.status)
-    ):
+    for provider, state, status, count in cvm_repository.deployment_counts(session):
         cvms.add_metric([provider, state, status], count)
     yield cvms
 
@@ -64,17 +59,11 @@ def _families(session: Session, now: datetime) -> Iterator[Metric]:
         "backends_agents_connected", "Agents with an open stream, by agents replica.",
         labels=["replica"],
     )  # fmt: skip
-    for replica, count in session.execute(
-        select(AgentSession.replica, func.count())
-        .where(AgentSession.expires_at > now)
-        .group_by(AgentSession.replica)
-    ):
+    for replica, count in agent_repository.open_sessions_by_replica(session, now):
         agents.add_metric([replica], count)
     yield agents
 
-    depth, oldest = session.execute(
-        select(func.count(), func.min(CVM.next_attempt_at)).where(CVM.next_attempt_at <= now)
-    ).one()
+    depth, oldest = queue.due(session, now)
     yield GaugeMetricFamily(
         "backends_lifecycle_queue_depth", "CVMs whose lifecycle work is due now.", value=depth
     )
@@ -84,11 +73,7 @@ def _families(session: Session, now: datetime) -> Iterator[Metric]:
         value=(now - oldest).total_seconds() if oldest is not None else 0.0,
     )
 
-    newest = session.execute(
-        select(SampledSlot.slot_at, SampledSlot.sampled_at)
-        .order_by(SampledSlot.slot_at.desc())
-        .limit(1)
-    ).first()
+    newest = statistics_repository.newest_slot(session)
     if newest is not None:
         slot_at, sampled_at = newest
         yield GaugeMetricFamily(

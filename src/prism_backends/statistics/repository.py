@@ -88,3 +88,13 @@ def prune(session: Session, *, before_day: date, slots_before: datetime) -> None
     """Forget samples and slot claims past the retention."""
     session.execute(delete(UptimeDay).where(UptimeDay.day < before_day))
     session.execute(delete(SampledSlot).where(SampledSlot.slot_at < slots_before))
+
+
+def newest_slot(session: Session) -> tuple[datetime, datetime] | None:
+    """The newest sampled instant and when it was sampled (none before the first)."""
+    row = session.execute(
+        select(SampledSlot.slot_at, SampledSlot.sampled_at)
+        .order_by(SampledSlot.slot_at.desc())
+        .limit(1)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
