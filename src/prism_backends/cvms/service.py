@@ -87,6 +87,13 @@ def create_cvm(
         if replay is not None:
             return CreateOutcome(replay, created=False)
     if repository.live_name_taken(session, domain_id, request.name):
+        # On PostgreSQL each statement reads what has committed by then: a retry's
+        # first attempt may have committed between the key's lookup and the name's,
+        # so the name's holder may be this very request's CVM. Look once more.
+        if idempotency_key is not None:
+            replay = _idempotent_replay(session, domain_id, idempotency_key, digest)
+            if replay is not None:
+                return CreateOutcome(replay, created=False)
         raise Conflict(f"a CVM named {request.name!r} already exists in this domain")
 
     now = utcnow()
