@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.errors import StoreUnavailable
@@ -95,6 +95,16 @@ def _begin_immediate(connection: Any) -> None:
     else:
         connection.exec_driver_sql("PRAGMA query_only = 0")
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def store_answers(engine: Engine) -> bool:
+    """Whether the store answers a trivial statement now (the readiness probe)."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return False
+    return True
 
 
 def upsert_insert(session: Session) -> Any:

@@ -9,9 +9,8 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
+from prism_backends.db.engine import store_answers
 from prism_backends.errors import StoreUnavailable
 from prism_backends.http.responses import error_responses
 from prism_backends.observability import exposition
@@ -41,11 +40,8 @@ def install_observability(app: FastAPI, runtime: Runtime) -> None:
             app.add_api_route(path, metrics, methods=["GET"], include_in_schema=False)
 
     def ready() -> Readiness:
-        try:
-            with runtime.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except SQLAlchemyError:
-            raise StoreUnavailable("the store does not answer") from None
+        if not store_answers(runtime.engine):
+            raise StoreUnavailable("the store does not answer")
         return Readiness(status="ready")
 
     app.add_api_route(
