@@ -218,6 +218,20 @@ def _when(message: cvms_pb2.AgentLog | cvms_pb2.AgentEvent) -> datetime | None:
 GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
+def server_options(*, share_port: bool) -> list[tuple[str, int]]:
+    return [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # gRPC shares ports by default: a second endpoint with another CA
+        # would take half the handshakes. Exclusive unless asked for.
+        ("grpc.so_reuseport", 1 if share_port else 0),
+        # gRPC's own default, said out loud: a larger message ends the
+        # stream; evidence_max_bytes refuses (and records) smaller excess.
+        ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ]
+
+
 class PortInUse(OSError):
     """The agents port cannot be bound."""
 
@@ -259,19 +273,7 @@ class AgentsEndpoint:
         credentials = grpc.ssl_server_credentials(
             [(key, chain)], root_certificates=self._ca.cert_pem, require_client_auth=True
         )
-        server = grpc.aio.server(
-            options=[
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                # gRPC shares ports by default: a second endpoint with another CA
-                # would take half the handshakes. Exclusive unless asked for.
-                ("grpc.so_reuseport", 1 if settings.agents_share_port else 0),
-                # gRPC's own default, said out loud: a larger message ends the
-                # stream; evidence_max_bytes refuses (and records) smaller excess.
-                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
-            ]
-        )
+        server = grpc.aio.server(options=server_options(share_port=settings.agents_share_port))
         cvms_pb2_grpc.add_ServiceServicer_to_server(AgentService(self.hub, self._sessions), server)
         address = f"{settings.agents_host}:{settings.agents_port}"
         try:
