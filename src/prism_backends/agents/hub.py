@@ -53,6 +53,7 @@ class Connection:
     last_state: str = ""
     closing: bool = False
     drop_reason: str = ""
+    hung_up: bool = False  # the agent's side ended (see hang_up)
     opened: bool = False  # its session row was written (attach committed)
 
     def send(self, message: cvms_pb2.ServerStreamMessage) -> None:
@@ -71,6 +72,12 @@ class Connection:
             self.closing = True
             self.drop_reason = reason
             self.outbox.put_nowait(None)
+
+    def hang_up(self) -> None:
+        """The agent's side of the stream ended: ours ends too, with nothing more sent."""
+        self.closing = True
+        self.hung_up = True
+        self.outbox.put_nowait(None)
 
 
 def state_request() -> cvms_pb2.ServerStreamMessage:
@@ -96,6 +103,7 @@ class Hub:
         self._bounds = bounds or EventBounds()
         self._clock = clock
         self._budgets: dict[str, Budget] = {}
+        self._over_budget: set[str] = set()  # CVMs whose budget dropped something unreported
         self._store_reached = clock()  # when a heartbeat last reached the store
         self._gained: dict[str, list[int]] = {}  # cvm id -> [events, bytes] since its trim
         self.replica = replica
@@ -127,7 +135,8 @@ class Hub:
 
     def admit(self, cvm_id: str) -> bool:
         """May this CVM's agent open a stream now? False when it reconnects in a loop."""
-        return self._budget(cvm_id).allow_message(CONNECT_COST, self._clock())
+        budget = self._budget(cvm_id)
+        return self._granted(cvm_id, budget.allow_message(CONNECT_COST, self._clock()))
 
     def allow(self, cvm_id: str, size: int) -> bool:
         """May this CVM's agent send a message of ``size`` bytes now? What is
@@ -135,7 +144,17 @@ class Hub:
         message costs what is kept of it (its texts are cut), so one long log
         line is stored cut rather than refused outright."""
         kept = 2 * self.limits.message_max_bytes  # a text and details, each cut
-        return self._budget(cvm_id).allow_message(size, self._clock(), kept=kept)
+        budget = self._budget(cvm_id)
+        return self._granted(cvm_id, budget.allow_message(size, self._clock(), kept=kept))
+
+    def _allow_evidence(self, cvm_id: str) -> bool:
+        return self._granted(cvm_id, self._budget(cvm_id).allow_evidence(self._clock()))
+
+    def _granted(self, cvm_id: str, granted: bool) -> bool:
+        """A budget's answer; a refusal is reported at the next flush."""
+        if not granted:
+            self._over_budget.add(cvm_id)
+        return granted
 
     async def attach(self, connection: Connection) -> None:
         previous = self._connections.get(connection.cvm_id)
@@ -231,7 +250,7 @@ class Hub:
     async def evidence(self, connection: Connection, report: bytes) -> None:
         """Appraise evidence (signatures, binding to the certificate this stream
         presented, policy) and record the verdict, within the CVM's evidence budget."""
-        if not self._budget(connection.cvm_id).allow_evidence(self._clock()):
+        if not self._allow_evidence(connection.cvm_id):
             return
         await asyncio.to_thread(
             self._appraiser.evidence, connection.cvm_id, report, serial=connection.serial
@@ -240,7 +259,7 @@ class Hub:
     async def azure_token(self, cvm_id: str, token: bytes) -> None:
         """Validate an Azure Attestation token (within the evidence budget);
         kept only when it validates."""
-        if not self._budget(cvm_id).allow_evidence(self._clock()):
+        if not self._allow_evidence(cvm_id):
             return
         await asyncio.to_thread(self._appraiser.azure_token, cvm_id, _token_text(token))
 
@@ -307,8 +326,12 @@ class Hub:
             self._gained.pop(cvm_id, None)
 
     def _report_dropped(self) -> None:
-        for cvm_id, budget in self._budgets.items():
-            dropped = budget.take_dropped()
+        # Only the CVMs that went over since the last flush: this runs twice a
+        # second, and a pass over every stream's budget would cost a core.
+        over, self._over_budget = self._over_budget, set()
+        for cvm_id in sorted(over):
+            budget = self._budgets.get(cvm_id)
+            dropped = budget.take_dropped() if budget is not None else None
             if dropped is not None:
                 self.record(
                     cvm_id, "rate_limited", level="warn", message=dropped.describe(self.limits)

@@ -10,6 +10,7 @@ not picked up yet); the first connect with a newer one revokes the older ones.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -100,26 +101,22 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNREACHABLE)
             raise  # abort raises; this keeps the type checker informed
         reader = asyncio.create_task(self._read(connection, request_iterator))
-        outgoing: asyncio.Future[cvms_pb2.ServerStreamMessage | None] | None = None
+        # The agent's side ending (it hung up, or its stream failed) ends ours:
+        # the one await below then wakes for that as for anything to send.
+        reader.add_done_callback(functools.partial(_reads_ended, connection))
         try:
             while True:
-                outgoing = asyncio.ensure_future(connection.outbox.get())
-                done, _ = await asyncio.wait(
-                    {outgoing, reader}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if outgoing not in done:
-                    outgoing.cancel()
-                    return
-                message = outgoing.result()
-                if message is None:  # dropped: the agent is to reconnect
+                message = await connection.outbox.get()
+                if message is None:
+                    if connection.hung_up:
+                        return
+                    # Dropped: the agent is to reconnect.
                     await context.abort(grpc.StatusCode.UNAVAILABLE, connection.drop_reason)
                     return
                 yield message
                 if message.HasField("disconnectReq"):
                     return
         finally:
-            if outgoing is not None:
-                outgoing.cancel()
             reader.cancel()
             await self._hub.detach(connection)
 
@@ -207,6 +204,12 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
                 computation_id=stopped.computation_id,
                 message=stopped.message,
             )
+
+
+def _reads_ended(connection: Connection, reader: asyncio.Task[None]) -> None:
+    if not reader.cancelled() and (error := reader.exception()) is not None:
+        log.debug("agent %s: its stream ended: %r", connection.cvm_id, error)
+    connection.hang_up()
 
 
 def _when(message: cvms_pb2.AgentLog | cvms_pb2.AgentEvent) -> datetime | None:
