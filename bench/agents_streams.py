@@ -1,38 +1,49 @@
-"""Concurrent agent streams on one ``prism-backends agents`` process.
+"""Concurrent agent streams on one ``prism-backends agents`` process, against its anchor.
 
 Usage::
 
     uv run python -m bench.agents_streams [--agents 10000] [--client-processes N]
-        [--heartbeat 10] [--rounds 3]
+        [--heartbeat 10] [--rounds 3] [--server {ours,anchor,both}]
 
 What it does, in order:
 
 1. drops and recreates its own database (the last path segment of
    ``--database-url``, which must contain ``bench``), then runs
-   ``prism-backends migrate`` on it as a subprocess;
-2. creates the agents CA in the data directory the server will use, with the
+   ``prism-backends migrate`` on it as a subprocess (only when ours runs);
+2. creates the agents CA in the data directory the servers will use, with the
    service's own code (``load_or_create_ca``, ``sealer_from``), issues one client
    certificate per CVM (``AgentCA.issue_client``, as ``CredentialIssuer`` does)
    and fills the store with binary COPY: ``--agents`` provisioned external CVMs
    (status ``starting``, as a create leaves them) and their credentials, the
-   private keys sealed as the service seals them;
-3. starts ONE ``prism-backends agents`` process as a real subprocess, with its
-   open-files limit raised, the heartbeat at ``--heartbeat`` seconds;
-4. starts ``--client-processes`` client processes that each open their share of
-   the streams: grpc.aio, one channel per agent, each with its own client
-   certificate and ``job-id`` metadata, answering every agentStateReq with an
-   agentStateRes, and reconnecting with backoff as the reference agent does;
-5. measures the time until every stream is open and every CVM is ``running``
-   in the database, the agents process's resident memory, and its CPU time
-   (utime + stime of /proc/PID/stat) over ``--rounds`` heartbeat intervals,
-   checking that every CVM stays running meanwhile;
-6. prints a table and writes it as JSON to ``bench/results/agents_streams.json``;
-7. stops the clients and the server and drops the database, also on error,
+   private keys sealed as the service seals them. This is done once, for every
+   server kind;
+3. for each server kind of ``--server`` in turn (ours, then the anchor):
+
+   a. starts it as a real subprocess of its own session, with its open-files limit
+      raised and the heartbeat at ``--heartbeat`` seconds: ours is ONE
+      ``prism-backends agents`` process, the anchor ``bench.agents_anchor`` (the
+      same mutual TLS, server options and heartbeat, no store);
+   b. starts ``--client-processes`` fresh client processes that each open their share
+      of the streams: grpc.aio, one channel per agent, each with its own client
+      certificate and ``job-id`` metadata, answering every agentStateReq with an
+      agentStateRes, and reconnecting with backoff as the reference agent does;
+   c. measures the time until every stream is open and every CVM is ``running`` (in
+      the store for ours; the anchor keeps none, so there a stream the clients hold
+      counts as a session and a running CVM), the server's CPU until all streams are
+      open (its CPU per connect), its resident memory, and its CPU time (utime +
+      stime of /proc/PID/stat) over ``--rounds`` heartbeat intervals, checking that
+      every CVM stays running meanwhile;
+   d. stops the clients, waits (ours only) until the store has every CVM offline,
+      stops the server and prints its tables;
+
+4. prints ours against the anchor, with their ratios and the targets, and writes
+   everything as JSON to ``bench/results/agents_streams.json``;
+5. stops the clients and the servers and drops the database, also on error,
    Ctrl-C or SIGTERM.
 
 It asserts nothing about speed. Clients, server and PostgreSQL share the
 machine's cores: the connect time includes their competition, the CPU time of
-the agents process (a per-process counter) much less so.
+the server process (a per-process counter) much less so.
 """
 
 from __future__ import annotations
@@ -63,12 +74,20 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import psycopg
 from sqlalchemy.engine import make_url
 
+from bench.agents_compare import (
+    Row,
+    Summary,
+    compare,
+    comparison_table,
+    ratios_json,
+    targets_json,
+)
 from bench.harness import (
     child_env,
     cli,
@@ -360,21 +379,24 @@ def nofile_limit(pid: int) -> str:
 
 @dataclass
 class Fill:
-    cvm_ids: list[str] = field(default_factory=list)
-    cert_seconds: float = 0.0
+    """The agents: their CVM ids, their credentials as the store keeps them, each client
+    process's share (a file), and how long issuing and copying them took."""
+
+    cvm_ids: list[str]
+    credentials: list[tuple[Any, ...]]
+    shards: list[Path]
+    cert_seconds: float
     copy_seconds: float = 0.0
 
 
-def fill_database(
-    conninfo: str, data_dir: Path, *, agents: int, shards: int, seed: int
-) -> tuple[Fill, list[Path]]:
-    """Issue the certificates (the service's own CA and sealing code), COPY the CVMs and
-    their credentials, and write each client process's share of the agents to a file."""
+def issue_agents(data_dir: Path, *, agents: int, shards: int, seed: int) -> Fill:
+    """Issue the certificates with the service's own CA and sealing code, and write each
+    client process's share of the agents to a file. Both servers read this CA."""
     rng = random.Random(seed)  # test data, not security
     ca = load_or_create_ca(data_dir)  # where ``agents --data-dir`` finds it
     sealer = sealer_from(None, data_dir)
     now = datetime.now(UTC)
-    fill = Fill()
+    cvm_ids: list[str] = []
     credentials: list[tuple[Any, ...]] = []
     for_clients: list[list[list[str]]] = [[] for _ in range(shards)]
     started = time.perf_counter()
@@ -394,9 +416,21 @@ def fill_database(
         for_clients[index % shards].append(
             [cvm_id, issued.cert_pem.decode(), issued.key_pem.decode()]
         )
-        fill.cvm_ids.append(cvm_id)
-    fill.cert_seconds = time.perf_counter() - started
+        cvm_ids.append(cvm_id)
+    cert_seconds = time.perf_counter() - started
 
+    paths = []
+    for index, share in enumerate(for_clients):
+        path = data_dir / f"bench-agents-{index}.json"
+        path.write_text(json.dumps(share))
+        paths.append(path)
+    return Fill(cvm_ids=cvm_ids, credentials=credentials, shards=paths, cert_seconds=cert_seconds)
+
+
+def copy_into_store(conninfo: str, fill: Fill) -> None:
+    """COPY the CVMs and their credentials, then VACUUM ANALYZE, as a store that has been
+    running a while would be."""
+    now = datetime.now(UTC)
     started = time.perf_counter()
     with psycopg.connect(conninfo) as conn:
         cvm_rows = (
@@ -420,18 +454,11 @@ def fill_database(
             for index, cvm_id in enumerate(fill.cvm_ids)
         )
         copy_model_rows(conn, CVM, CVM_COLUMNS, cvm_rows)
-        copy_model_rows(conn, AgentCredential, CREDENTIAL_COLUMNS, credentials)
+        copy_model_rows(conn, AgentCredential, CREDENTIAL_COLUMNS, fill.credentials)
         conn.commit()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE) cvms, agent_credentials")
     fill.copy_seconds = time.perf_counter() - started
-
-    paths = []
-    for index, share in enumerate(for_clients):
-        path = data_dir / f"bench-agents-{index}.json"
-        path.write_text(json.dumps(share))
-        paths.append(path)
-    return fill, paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,48 +480,71 @@ class StoreCounts:
         return StoreCounts(sessions=int(row[0]), answered=int(row[1]), running=int(row[2]))
 
 
-# --- The server ----------------------------------------------------------------------------
+# --- The servers ---------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class AgentsServer:
-    """``prism-backends agents`` in a subprocess of its own session."""
+@dataclass(frozen=True)
+class Setup:
+    """What the run of every server kind shares: the options, the data directory (the CA,
+    the server certificate, each client process's agents), the store (ours only) and the
+    open-files limits."""
 
-    def __init__(
-        self,
-        database_url: str,
-        data_dir: Path,
-        *,
-        log_level: str,
-        heartbeat: float,
-        offline_after: float,
-        nofile: int,
-    ) -> None:
+    args: argparse.Namespace
+    data_dir: Path
+    fill: Fill
+    database_url: str
+    conninfo: str
+    server_nofile: int
+    client_nofile: int
+
+
+class ServerProcess:
+    """A server under test in a subprocess of its own session (Ctrl-C reaches us, and we
+    stop it in order), with its open-files limit raised to hold one socket per stream.
+
+    A kind says how to start it and where its sessions and running CVMs are counted; the
+    ramp, the rounds and the tables are the same for every kind."""
+
+    kind: ClassVar[str]  # the name --server takes and the results use
+    title: ClassVar[str]  # how the tables name its process
+    counted_where: ClassVar[str]  # where its sessions and running CVMs are counted
+    keeps_store: ClassVar[bool]
+
+    def __init__(self, setup: Setup) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.log_path = data_dir / "agents.log"
+        self.log_path = setup.data_dir / f"{self.kind}.log"
         self._log = self.log_path.open("wb")
-        env = child_env()
-        env["PRISM_BACKENDS_HEARTBEAT_SECONDS"] = str(heartbeat)
-        env["PRISM_BACKENDS_OFFLINE_AFTER_SECONDS"] = str(offline_after)
         self.process = subprocess.Popen(
-            cli(
-                "agents",
-                "--database-url",
-                database_url,
-                "--agents-port",
-                str(self.port),
-                "--data-dir",
-                str(data_dir),
-                "--log-level",
-                log_level,
-            ),
+            self.command(setup),
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
-            preexec_fn=functools.partial(set_nofile, nofile),
+            env=self.environment(setup),
+            cwd=REPO_ROOT,  # where ``python -m bench...`` finds the package
+            start_new_session=True,
+            preexec_fn=functools.partial(set_nofile, setup.server_nofile),
         )
         self.pid = self.process.pid
+
+    def command(self, setup: Setup) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self, setup: Setup) -> dict[str, str]:
+        return child_env()
+
+    def settings_text(self, args: argparse.Namespace) -> str:
+        return f"heartbeat {args.heartbeat:g}s"
+
+    def counts(self, clients: Clients) -> StoreCounts:
+        """The sessions and the running CVMs now."""
+        raise NotImplementedError
+
+    def wait_offline(self, timeout: float, *, since: float) -> dict[str, Any] | None:
+        """After the clients began to leave at ``since``: how the store emptied (None for a
+        server without one)."""
+        return None
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until the gRPC port accepts connections."""
@@ -505,13 +555,13 @@ class AgentsServer:
                 return
             time.sleep(0.1)
         raise RuntimeError(
-            f"the agents endpoint was not up within {timeout:.0f}s:\n{self.log_tail()}"
+            f"the {self.title} endpoint was not up within {timeout:.0f}s:\n{self.log_tail()}"
         )
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             raise RuntimeError(
-                f"the agents process exited {self.process.returncode}:\n{self.log_tail()}"
+                f"the {self.title} process exited {self.process.returncode}:\n{self.log_tail()}"
             )
 
     def log_tail(self, lines: int = 40) -> str:
@@ -524,7 +574,7 @@ class AgentsServer:
         return len(self.log_path.read_text(errors="replace").splitlines())
 
     def errors(self) -> dict[str, int]:
-        """What went wrong in the agents process, from its log: each logged error message
+        """What went wrong in the server process, from its log: each logged error message
         (``... ERROR logger: message``) and each exception a traceback ended with."""
         self._log.flush()
         found: Counter[str] = Counter()
@@ -544,6 +594,90 @@ class AgentsServer:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self._log.close()
+
+
+class AgentsServer(ServerProcess):
+    """Ours: ``prism-backends agents`` on the benchmark's store."""
+
+    kind = "ours"
+    title = "agents"
+    counted_where = "in the store"
+    keeps_store = True
+
+    def __init__(self, setup: Setup) -> None:
+        self.conninfo = setup.conninfo
+        self._store: psycopg.Connection[Any] | None = None
+        super().__init__(setup)
+
+    def command(self, setup: Setup) -> list[str]:
+        return cli(
+            "agents",
+            "--database-url",
+            setup.database_url,
+            "--agents-port",
+            str(self.port),
+            "--data-dir",
+            str(setup.data_dir),
+            "--log-level",
+            setup.args.server_log_level,
+        )
+
+    def environment(self, setup: Setup) -> dict[str, str]:
+        return child_env(
+            PRISM_BACKENDS_HEARTBEAT_SECONDS=str(setup.args.heartbeat),
+            PRISM_BACKENDS_OFFLINE_AFTER_SECONDS=str(setup.args.offline_after),
+        )
+
+    def settings_text(self, args: argparse.Namespace) -> str:
+        return f"heartbeat {args.heartbeat:g}s, offline after {args.offline_after:g}s"
+
+    def counts(self, clients: Clients) -> StoreCounts:
+        if self._store is None:
+            self._store = psycopg.connect(self.conninfo, autocommit=True)
+        return StoreCounts.read(self._store)
+
+    def wait_offline(self, timeout: float, *, since: float) -> dict[str, Any] | None:
+        print(f"waiting up to {timeout:g}s for the store", flush=True)
+        return wait_offline(self.conninfo, self, timeout, since=since)
+
+    def stop(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        super().stop()
+
+
+class AnchorServer(ServerProcess):
+    """The bare anchor (``bench.agents_anchor``): the same TLS, options and heartbeat, no
+    store. It keeps no sessions, so a stream the clients hold open counts as one session
+    and one running CVM."""
+
+    kind = "anchor"
+    title = "anchor"
+    counted_where = "(the streams the clients hold)"
+    keeps_store = False
+
+    def command(self, setup: Setup) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bench.agents_anchor",
+            "--data-dir",
+            str(setup.data_dir),
+            "--port",
+            str(self.port),
+            "--heartbeat",
+            str(setup.args.heartbeat),
+        ]
+
+    def counts(self, clients: Clients) -> StoreCounts:
+        held = clients.total(OPEN)
+        return StoreCounts(sessions=held, answered=held, running=held)
+
+
+# In the order they run: ours first, then its anchor.
+SERVER_KINDS: dict[str, type[ServerProcess]] = {
+    kind.kind: kind for kind in (AgentsServer, AnchorServer)
+}
 
 
 class Clients:
@@ -616,14 +750,17 @@ class Ramp:
     max_open: int = 0
     max_running: int = 0
     timed_out: bool = False
+    # The server's CPU from the start until every stream was open (or the ramp gave up),
+    # and the streams opened by then: what a connect costs it.
+    cpu_seconds_until_all_open: float | None = None
+    streams_opened_until_all_open: int = 0
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
 
-def ramp_up(
-    server: AgentsServer, clients: Clients, conn: psycopg.Connection[Any], args: argparse.Namespace
-) -> Ramp:
+def ramp_up(server: ServerProcess, clients: Clients, args: argparse.Namespace) -> Ramp:
     """Start the clients together; poll until every stream is open and every CVM running."""
     ramp = Ramp(target=args.agents)
+    cpu_at_start = cpu_ticks(server.pid)
     started = time.perf_counter()
     clients.start_event.set()
     next_print = 0.0
@@ -634,11 +771,12 @@ def ramp_up(
         server.check_alive()
         clients.check_alive()
         opened = clients.total(OPEN)
-        counts = StoreCounts.read(conn)
+        counts = server.counts(clients)
         ramp.max_open = max(ramp.max_open, opened)
         ramp.max_running = max(ramp.max_running, counts.running)
         if ramp.seconds_all_open is None and clients.total(EVER_OPENED) >= ramp.target:
             ramp.seconds_all_open = elapsed
+            note_connect_cpu(ramp, server, clients, cpu_at_start)
         if ramp.seconds_all_sessions is None and counts.sessions >= ramp.target:
             ramp.seconds_all_sessions = elapsed
         if ramp.seconds_all_running is None and counts.running >= ramp.target:
@@ -672,7 +810,7 @@ def ramp_up(
             print(
                 f"  {elapsed:6.1f}s  streams open {opened:>6,}  sessions {counts.sessions:>6,}  "
                 f"running {counts.running:>6,}  connect failures "
-                f"{clients.total(CONNECT_FAILURES):,}  agents RSS {rss_mib:,.0f} MiB, "
+                f"{clients.total(CONNECT_FAILURES):,}  {server.title} RSS {rss_mib:,.0f} MiB, "
                 f"CPU {agents_cpu:,.0f} s, load {os.getloadavg()[0]:.1f}"
                 f"{'  (sample slot)' if slot else ''}",
                 flush=True,
@@ -681,8 +819,15 @@ def ramp_up(
             return ramp
         if elapsed > args.connect_timeout:
             ramp.timed_out = True
+            if ramp.cpu_seconds_until_all_open is None:
+                note_connect_cpu(ramp, server, clients, cpu_at_start)
             print(f"  not all connected within {args.connect_timeout:.0f}s", flush=True)
             return ramp
+
+
+def note_connect_cpu(ramp: Ramp, server: ServerProcess, clients: Clients, since: int) -> None:
+    ramp.cpu_seconds_until_all_open = (cpu_ticks(server.pid) - since) / CLOCK_TICKS
+    ramp.streams_opened_until_all_open = clients.total(EVER_OPENED)
 
 
 @dataclass
@@ -702,9 +847,8 @@ class Round:
 
 
 def measure_rounds(
-    server: AgentsServer,
+    server: ServerProcess,
     clients: Clients,
-    conn: psycopg.Connection[Any],
     *,
     rounds: int,
     heartbeat: float,
@@ -734,7 +878,7 @@ def measure_rounds(
         answers_after = clients.total(ANSWERS)
         drops_after = clients.total(DROPS)
         opened = clients.total(OPEN)
-        counts = StoreCounts.read(conn)
+        counts = server.counts(clients)
         busy = machine_after[0] - machine_before[0]
         total = machine_after[1] - machine_before[1]
         measured.append(
@@ -758,7 +902,7 @@ def measure_rounds(
             )
         )
         print(
-            f"  round {number + 1}: agents CPU {measured[-1].agents_cpu_seconds:.2f}s, "
+            f"  round {number + 1}: {server.title} CPU {measured[-1].agents_cpu_seconds:.2f}s, "
             f"{measured[-1].state_requests:,} agentStateReq, running {counts.running:,}",
             flush=True,
         )
@@ -774,7 +918,7 @@ def measure_rounds(
 
 
 def wait_offline(
-    conninfo: str, server: AgentsServer, timeout: float, *, since: float
+    conninfo: str, server: ServerProcess, timeout: float, *, since: float
 ) -> dict[str, Any]:
     """After the agents left (the clients began to close at ``since``): how long until no
     CVM is running and no session is left (each stream's end is one transaction of the
@@ -820,9 +964,9 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def rounds_table(rounds: list[Round]) -> str:
+def rounds_table(rounds: list[Round], title: str) -> str:
     header = (
-        f"{'round':>5} {'seconds':>8} {'agents CPU s':>12} {'reqs':>7} {'answers':>7} "
+        f"{'round':>5} {'seconds':>8} {title + ' CPU s':>12} {'reqs':>7} {'answers':>7} "
         f"{'postgres CPU s':>14} {'clients CPU s':>13} {'machine busy':>12} {'running':>7} "
         f"{'sample slot':>11}"
     )
@@ -837,7 +981,7 @@ def rounds_table(rounds: list[Round]) -> str:
     return "\n".join(lines)
 
 
-# --- Main ----------------------------------------------------------------------------------
+# --- Options -------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -855,6 +999,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--admin-database",
         default="postgres",
         help="database to connect to for DROP/CREATE DATABASE (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=(*SERVER_KINDS, "both"),
+        default="both",
+        help="the server(s) to measure, one after the other: ours ('prism-backends agents'), "
+        "the bare anchor (bench.agents_anchor), or both and their comparison "
+        "(default: %(default)s)",
     )
     parser.add_argument("--agents", type=int, default=10_000, help="concurrent agent streams")
     parser.add_argument(
@@ -930,129 +1082,68 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    exit_cleanly_on_signals()
-    url = make_url(args.database_url)
-    database = str(url.database)
-    database_url = url.render_as_string(hide_password=False)
-    conninfo = libpq_conninfo(url)
-    admin = libpq_conninfo(url.set(database=args.admin_database))
-    server_nofile = args.agents + FD_MARGIN
-    client_nofile = -(-args.agents // args.client_processes) + FD_MARGIN
+# --- One server kind -----------------------------------------------------------------------
 
-    with tempfile.TemporaryDirectory(prefix="prism-bench-agents-") as tmp, ExitStack() as cleanup:
-        data_dir = Path(tmp)
-        print(f"database {database}: drop, create, migrate", flush=True)
-        recreate_database(admin, database)
-        cleanup.callback(drop_database, admin, database)
-        run_cli("migrate", "--database-url", database_url, "--data-dir", str(data_dir))
 
-        print(f"issuing {args.agents:,} client certificates and filling the store ...", flush=True)
-        fill, shards = fill_database(
-            conninfo,
-            data_dir,
-            agents=args.agents,
-            shards=args.client_processes,
-            seed=args.seed,
-        )
-        print(
-            f"  certificates issued and keys sealed in {fill.cert_seconds:.1f}s; "
-            f"COPY + VACUUM ANALYZE {fill.copy_seconds:.1f}s",
-            flush=True,
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The server once every stream was open (or the ramp gave up)."""
+
+    rss_kib: int
+    threads: int
+    open_files: int
+    cpu_seconds_so_far: float
+    streams_open: int
+
+    @staticmethod
+    def read(server: ServerProcess, clients: Clients) -> Connected:
+        return Connected(
+            rss_kib=status_kib(server.pid, "VmRSS"),
+            threads=int(status_value(server.pid, "Threads") or 0),
+            open_files=open_files(server.pid),
+            cpu_seconds_so_far=cpu_ticks(server.pid) / CLOCK_TICKS,
+            streams_open=clients.total(OPEN),
         )
 
-        server = AgentsServer(
-            database_url,
-            data_dir,
-            log_level=args.server_log_level,
-            heartbeat=args.heartbeat,
-            offline_after=args.offline_after,
-            nofile=server_nofile,
-        )
-        cleanup.callback(server.stop)
-        server.wait_ready()
-        time.sleep(1.0)
-        rss_idle_kib = status_kib(server.pid, "VmRSS")
-        print(
-            f"agents endpoint on {server.address} (pid {server.pid}, open files "
-            f"{nofile_limit(server.pid)}, heartbeat {args.heartbeat:g}s, offline after "
-            f"{args.offline_after:g}s), RSS idle {rss_idle_kib / 1024:.0f} MiB",
-            flush=True,
-        )
 
-        jobs = [
-            ClientJob(
-                index=index,
-                shard=shard,
-                ca_cert=data_dir / CA_CERT_FILE,
-                address=server.address,
-                connect_in_flight=args.connect_in_flight,
-                nofile=client_nofile,
-                report=data_dir / f"bench-client-{index}.report.json",
-            )
-            for index, shard in enumerate(shards)
-        ]
-        clients = Clients(jobs)
-        cleanup.callback(clients.stop)
-        clients.wait_ready()
-        print(
-            f"{args.client_processes} client processes ready "
-            f"(~{args.agents // args.client_processes:,} agents each, "
-            f"{args.connect_in_flight} connects in flight each); starting the streams",
-            flush=True,
-        )
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What the streams cost the server while the clients held them."""
 
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            try:
-                ramp = ramp_up(server, clients, conn, args)
-                rss_connected_kib = status_kib(server.pid, "VmRSS")
-                clients_open_at_connect = clients.total(OPEN)
-                connected = {
-                    "rss_kib": rss_connected_kib,
-                    "hwm_kib": status_kib(server.pid, "VmHWM"),
-                    "threads": int(status_value(server.pid, "Threads") or 0),
-                    "open_files": open_files(server.pid),
-                    "cpu_seconds_so_far": cpu_ticks(server.pid) / CLOCK_TICKS,
-                }
-                print(
-                    f"connected: RSS {rss_connected_kib / 1024:.0f} MiB, "
-                    f"{connected['threads']} threads, {connected['open_files']:,} open files; "
-                    f"settling {args.settle:g}s, then {args.rounds} heartbeat intervals",
-                    flush=True,
-                )
-                time.sleep(args.settle)
-                log_lines_before = server.log_lines()
-                rounds = measure_rounds(
-                    server,
-                    clients,
-                    conn,
-                    rounds=args.rounds,
-                    heartbeat=args.heartbeat,
-                    stats_interval=STATS_INTERVAL,
-                )
-                rss_end_kib = status_kib(server.pid, "VmRSS")
-                final = StoreCounts.read(conn)
-                server_log_lines = server.log_lines() - log_lines_before
-            except BaseException:
-                with suppress(Exception):
-                    print(f"--- agents log tail ---\n{server.log_tail()}", file=sys.stderr)
-                raise
-        server_errors_connected = server.errors()
-        client_rss_kib = sum(status_kib(pid, "VmRSS") for pid in clients.pids())
-        leaving = time.perf_counter()
-        clients.stop()
-        reports = clients.reports()
-        print(
-            f"clients gone in {time.perf_counter() - leaving:.1f}s; waiting up to "
-            f"{args.disconnect_wait:g}s more for the store",
-            flush=True,
-        )
-        offline = wait_offline(conninfo, server, args.disconnect_wait, since=leaving)
-        log_tail = server.log_tail(15)
-        server_errors = server.errors()
+    ramp: Ramp
+    connected: Connected
+    rounds: list[Round]
+    rss_after_rounds_kib: int
+    final: StoreCounts
+    log_lines_during_rounds: int
+    errors_until_after_rounds: dict[str, int]
 
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """What is known once the clients left."""
+
+    clients_rss_kib: int  # just before they left
+    connect_failures: int
+    offline: dict[str, Any] | None
+    log_tail: str
+    errors: dict[str, int]  # the whole run, until the clients left
+    rss_peak_kib: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOutcome:
+    """The client processes' reports, merged."""
+
+    errors: Counter[str]
+    samples: dict[str, str]
+    connect_seconds: list[float]  # sorted
+    # When the failed attempts ended: seconds after their connect began (or, for a stream
+    # that dropped, after it opened).
+    error_timing: dict[str, dict[str, float | None]]
+
+    @staticmethod
+    def merge(reports: list[dict[str, Any]]) -> ClientOutcome:
         errors: Counter[str] = Counter()
         samples: dict[str, str] = {}
         connect_seconds: list[float] = []
@@ -1064,202 +1155,478 @@ def main(argv: Sequence[str] | None = None) -> int:
             connect_seconds.extend(report.get("connect_seconds", []))
             for kind, seconds in report.get("error_after_seconds", {}).items():
                 error_after.setdefault(kind, []).extend(seconds)
-        connect_seconds.sort()
-        # When the failed attempts ended: seconds after their connect began (or, for a
-        # stream that dropped, after it opened).
-        error_timing = {
-            kind: {
-                "min": min(values),
-                "p50": percentile(sorted(values), 0.5),
-                "max": max(values),
-            }
+        timing = {
+            kind: {"min": min(values), "p50": percentile(sorted(values), 0.5), "max": max(values)}
             for kind, values in error_after.items()
         }
+        return ClientOutcome(errors, samples, sorted(connect_seconds), timing)
 
-        reached = clients_open_at_connect
-        cpu_total = sum(r.agents_cpu_seconds for r in rounds)
-        requests_total = sum(r.state_requests for r in rounds)
-        observed_rounds = requests_total / reached if reached else 0.0
-        window_seconds = sum(r.seconds for r in rounds)
-        quiet = [r.agents_cpu_seconds for r in rounds if not r.crossed_sampling_slot]
-        summary = {
-            "agents_target": args.agents,
-            "streams_open_reached": reached,
-            "max_running_reached": ramp.max_running,
-            "all_reached": not ramp.timed_out,
-            "seconds_until_all_streams_open": ramp.seconds_all_open,
-            "seconds_until_all_sessions": ramp.seconds_all_sessions,
-            "seconds_until_all_running": ramp.seconds_all_running,
-            "connect_seconds_p50": percentile(connect_seconds, 0.5),
-            "connect_seconds_p99": percentile(connect_seconds, 0.99),
-            "connect_seconds_max": connect_seconds[-1] if connect_seconds else None,
-            "rss_idle_mib": round(rss_idle_kib / 1024, 1),
-            "rss_connected_mib": round(rss_connected_kib / 1024, 1),
-            "rss_after_rounds_mib": round(rss_end_kib / 1024, 1),
-            "rss_peak_mib": round(status_kib(server.pid, "VmHWM") / 1024, 1)
-            if server.process.poll() is None
-            else None,
-            "rss_per_stream_kib": round((rss_connected_kib - rss_idle_kib) / reached, 1)
-            if reached
-            else None,
-            "agents_cpu_seconds_per_heartbeat_interval": cpu_total / len(rounds),
-            "agents_cpu_seconds_per_interval_without_sample_slot": (
-                sum(quiet) / len(quiet) if quiet else None
-            ),
-            "heartbeat_rounds_observed": round(observed_rounds, 2),
-            "agents_cpu_seconds_per_observed_round": cpu_total / observed_rounds
-            if observed_rounds
-            else None,
-            "agents_cpu_percent_of_one_core": round(100 * cpu_total / window_seconds, 1),
-            "postgres_cpu_seconds_per_heartbeat_interval": sum(
-                r.postgres_cpu_seconds for r in rounds
-            )
-            / len(rounds),
-            "clients_cpu_seconds_per_heartbeat_interval": sum(r.clients_cpu_seconds for r in rounds)
-            / len(rounds),
-            "all_stayed_running": all(
-                r.running_at_end >= reached and r.open_at_end >= reached and r.drops == 0
-                for r in rounds
-            ),
-            "running_at_end": final.running,
-            "sessions_at_end": final.sessions,
-            "drops_during_rounds": sum(r.drops for r in rounds),
-            "connect_failures": clients.total(CONNECT_FAILURES),
-            "client_errors": dict(errors),
-            "client_error_samples": samples,
-            "client_error_seconds_after_start": error_timing,
-            "clients_rss_mib_total": round(client_rss_kib / 1024, 1),
-            "all_offline_after_clients_left": offline,
-            "server_log_lines_during_rounds": server_log_lines,
-            "server_errors_until_after_rounds": server_errors_connected,
-            "server_errors_until_clients_left": server_errors,
-        }
-        meta = {
-            "benchmark": "agents_streams",
-            "started_at": started_at,
-            "database": database,
-            "agents": args.agents,
-            "client_processes": args.client_processes,
-            "connect_in_flight_per_process": args.connect_in_flight,
-            "heartbeat_seconds": args.heartbeat,
-            "offline_after_seconds": args.offline_after,
-            "rounds": args.rounds,
-            "settle_seconds": args.settle,
-            "certificates_seconds": round(fill.cert_seconds, 2),
-            "copy_and_analyze_seconds": round(fill.copy_seconds, 2),
-            "server_nofile": server_nofile,
-            "client_nofile": client_nofile,
-            "server_log_level": args.server_log_level,
-            "server_threads_connected": connected["threads"],
-            "server_open_files_connected": connected["open_files"],
-            "server_cpu_seconds_until_connected": connected["cpu_seconds_so_far"],
-            "cpu_count": os.cpu_count(),
-            "memory_total_gib": round(os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE / 2**30, 1),
-            "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(),
-            "grpc": grpc.__version__,
-            "notes": [
-                "rounds are windows of one heartbeat interval, back to back; the server's "
-                "heartbeat period is its interval plus the time of its renew query, so a "
-                "window holds about one round: heartbeat_rounds_observed counts them from "
-                "the agentStateReq the clients received",
-                "postgres CPU sums every local postgres process alive at a window's end",
-                "sample slot: the window crossed a 5-minute boundary, when the agents "
-                "process's sampler writes one uptime bit per CVM",
-            ],
-        }
 
-    rows = [
-        ("agents (streams)", f"{reached:,} of {args.agents:,} open"),
+@dataclass(frozen=True, slots=True)
+class KindRun:
+    """One server kind's figures (``summary``), and the ramp and rounds behind them."""
+
+    summary: dict[str, Any]
+    ramp: Ramp
+    rounds: list[Round]
+
+
+def start_server(kind: type[ServerProcess], setup: Setup, cleanup: ExitStack) -> ServerProcess:
+    server = kind(setup)
+    cleanup.callback(server.stop)
+    server.wait_ready()
+    time.sleep(1.0)  # past the start-up work, so that "idle" is idle
+    return server
+
+
+def start_clients(server: ServerProcess, setup: Setup, cleanup: ExitStack) -> Clients:
+    """Fresh client processes for this server, loaded and waiting for the start."""
+    args = setup.args
+    jobs = [
+        ClientJob(
+            index=index,
+            shard=shard,
+            ca_cert=setup.data_dir / CA_CERT_FILE,
+            address=server.address,
+            connect_in_flight=args.connect_in_flight,
+            nofile=setup.client_nofile,
+            report=setup.data_dir / f"bench-client-{server.kind}-{index}.report.json",
+        )
+        for index, shard in enumerate(setup.fill.shards)
+    ]
+    clients = Clients(jobs)
+    cleanup.callback(clients.stop)
+    clients.wait_ready()
+    print(
+        f"{args.client_processes} client processes ready "
+        f"(~{args.agents // args.client_processes:,} agents each, "
+        f"{args.connect_in_flight} connects in flight each); starting the streams",
+        flush=True,
+    )
+    return clients
+
+
+def measure_streams(server: ServerProcess, clients: Clients, args: argparse.Namespace) -> Measured:
+    """Ramp up, settle, then the heartbeat rounds."""
+    try:
+        ramp = ramp_up(server, clients, args)
+        connected = Connected.read(server, clients)
+        print(
+            f"connected: RSS {connected.rss_kib / 1024:.0f} MiB, "
+            f"{connected.threads} threads, {connected.open_files:,} open files; "
+            f"settling {args.settle:g}s, then {args.rounds} heartbeat intervals",
+            flush=True,
+        )
+        time.sleep(args.settle)
+        log_lines_before = server.log_lines()
+        rounds = measure_rounds(
+            server,
+            clients,
+            rounds=args.rounds,
+            heartbeat=args.heartbeat,
+            stats_interval=STATS_INTERVAL,
+        )
+        return Measured(
+            ramp=ramp,
+            connected=connected,
+            rounds=rounds,
+            rss_after_rounds_kib=status_kib(server.pid, "VmRSS"),
+            final=server.counts(clients),
+            log_lines_during_rounds=server.log_lines() - log_lines_before,
+            errors_until_after_rounds=server.errors(),
+        )
+    except BaseException:
+        with suppress(Exception):
+            print(f"--- {server.title} log tail ---\n{server.log_tail()}", file=sys.stderr)
+        raise
+
+
+def let_clients_leave(
+    server: ServerProcess, clients: Clients, args: argparse.Namespace
+) -> tuple[Departure, ClientOutcome]:
+    clients_rss_kib = sum(status_kib(pid, "VmRSS") for pid in clients.pids())
+    leaving = time.perf_counter()
+    clients.stop()
+    outcome = ClientOutcome.merge(clients.reports())
+    print(f"clients gone in {time.perf_counter() - leaving:.1f}s", flush=True)
+    offline = server.wait_offline(args.disconnect_wait, since=leaving)
+    departure = Departure(
+        clients_rss_kib=clients_rss_kib,
+        connect_failures=clients.total(CONNECT_FAILURES),
+        offline=offline,
+        log_tail=server.log_tail(15),
+        errors=server.errors(),
+        rss_peak_kib=status_kib(server.pid, "VmHWM") if server.process.poll() is None else None,
+    )
+    return departure, outcome
+
+
+def run_server_kind(kind: type[ServerProcess], setup: Setup) -> KindRun:
+    """One server kind from start to stop, with fresh clients; prints its tables."""
+    args = setup.args
+    print(f"\n=== {kind.kind}: the {kind.title} process ===", flush=True)
+    with ExitStack() as cleanup:
+        server = start_server(kind, setup, cleanup)
+        rss_idle_kib = status_kib(server.pid, "VmRSS")
+        print(
+            f"{server.title} endpoint on {server.address} (pid {server.pid}, open files "
+            f"{nofile_limit(server.pid)}, {server.settings_text(args)}), "
+            f"RSS idle {rss_idle_kib / 1024:.0f} MiB",
+            flush=True,
+        )
+        clients = start_clients(server, setup, cleanup)
+        measured = measure_streams(server, clients, args)
+        departure, outcome = let_clients_leave(server, clients, args)
+    summary = summarize(kind, rss_idle_kib, measured, departure, outcome, args)
+    print_kind_report(kind, setup, summary, measured, departure, outcome)
+    return KindRun(summary=summary, ramp=measured.ramp, rounds=measured.rounds)
+
+
+# --- The summary ---------------------------------------------------------------------------
+
+
+def per_mille(seconds: float | None, count: int) -> float | None:
+    """Seconds per item, in milliseconds."""
+    return None if seconds is None or not count else round(1000 * seconds / count, 3)
+
+
+def ramp_figures(measured: Measured, outcome: ClientOutcome, args: argparse.Namespace) -> Summary:
+    ramp, connect = measured.ramp, outcome.connect_seconds
+    return {
+        "agents_target": args.agents,
+        "streams_open_reached": measured.connected.streams_open,
+        "max_running_reached": ramp.max_running,
+        "all_reached": not ramp.timed_out,
+        "seconds_until_all_streams_open": ramp.seconds_all_open,
+        "seconds_until_all_sessions": ramp.seconds_all_sessions,
+        "seconds_until_all_running": ramp.seconds_all_running,
+        "connect_seconds_p50": percentile(connect, 0.5),
+        "connect_seconds_p99": percentile(connect, 0.99),
+        "connect_seconds_max": connect[-1] if connect else None,
+        "server_cpu_seconds_until_all_open": ramp.cpu_seconds_until_all_open,
+        "streams_opened_until_all_open": ramp.streams_opened_until_all_open,
+        "server_cpu_ms_per_connect": per_mille(
+            ramp.cpu_seconds_until_all_open, ramp.streams_opened_until_all_open
+        ),
+    }
+
+
+def memory_figures(rss_idle_kib: int, measured: Measured, departure: Departure) -> Summary:
+    connected, reached = measured.connected, measured.connected.streams_open
+    return {
+        "rss_idle_mib": round(rss_idle_kib / 1024, 1),
+        "rss_connected_mib": round(connected.rss_kib / 1024, 1),
+        "rss_after_rounds_mib": round(measured.rss_after_rounds_kib / 1024, 1),
+        "rss_peak_mib": None
+        if departure.rss_peak_kib is None
+        else round(departure.rss_peak_kib / 1024, 1),
+        "rss_per_stream_kib": round((connected.rss_kib - rss_idle_kib) / reached, 1)
+        if reached
+        else None,
+        "server_threads_connected": connected.threads,
+        "server_open_files_connected": connected.open_files,
+        "server_cpu_seconds_until_connected": connected.cpu_seconds_so_far,
+    }
+
+
+def cpu_figures(measured: Measured) -> Summary:
+    rounds, reached = measured.rounds, measured.connected.streams_open
+    cpu_total = sum(r.agents_cpu_seconds for r in rounds)
+    observed_rounds = sum(r.state_requests for r in rounds) / reached if reached else 0.0
+    per_round = cpu_total / observed_rounds if observed_rounds else None
+    quiet = [r.agents_cpu_seconds for r in rounds if not r.crossed_sampling_slot]
+    return {
+        "agents_cpu_seconds_per_heartbeat_interval": cpu_total / len(rounds),
+        "agents_cpu_seconds_per_interval_without_sample_slot": (
+            sum(quiet) / len(quiet) if quiet else None
+        ),
+        "intervals_without_sample_slot": len(quiet),
+        "heartbeat_rounds_observed": round(observed_rounds, 2),
+        "agents_cpu_seconds_per_observed_round": per_round,
+        "agents_cpu_ms_per_agent_per_round": per_mille(per_round, reached),
+        "agents_cpu_percent_of_one_core": round(
+            100 * cpu_total / sum(r.seconds for r in rounds), 1
+        ),
+        "postgres_cpu_seconds_per_heartbeat_interval": sum(r.postgres_cpu_seconds for r in rounds)
+        / len(rounds),
+        "clients_cpu_seconds_per_heartbeat_interval": sum(r.clients_cpu_seconds for r in rounds)
+        / len(rounds),
+    }
+
+
+def health_figures(measured: Measured, departure: Departure, outcome: ClientOutcome) -> Summary:
+    rounds, reached = measured.rounds, measured.connected.streams_open
+    return {
+        "all_stayed_running": all(
+            r.running_at_end >= reached and r.open_at_end >= reached and r.drops == 0
+            for r in rounds
+        ),
+        "running_at_end": measured.final.running,
+        "sessions_at_end": measured.final.sessions,
+        "drops_during_rounds": sum(r.drops for r in rounds),
+        "connect_failures": departure.connect_failures,
+        "client_errors": dict(outcome.errors),
+        "client_error_samples": outcome.samples,
+        "client_error_seconds_after_start": outcome.error_timing,
+        "clients_rss_mib_total": round(departure.clients_rss_kib / 1024, 1),
+        "all_offline_after_clients_left": departure.offline,
+        "server_log_lines_during_rounds": measured.log_lines_during_rounds,
+        "server_errors_until_after_rounds": measured.errors_until_after_rounds,
+        "server_errors_until_clients_left": departure.errors,
+    }
+
+
+def summarize(
+    kind: type[ServerProcess],
+    rss_idle_kib: int,
+    measured: Measured,
+    departure: Departure,
+    outcome: ClientOutcome,
+    args: argparse.Namespace,
+) -> Summary:
+    return {
+        "server": kind.kind,
+        **ramp_figures(measured, outcome, args),
+        **memory_figures(rss_idle_kib, measured, departure),
+        **cpu_figures(measured),
+        **health_figures(measured, departure, outcome),
+    }
+
+
+# --- Output of one server kind -------------------------------------------------------------
+
+
+def optional_text(value: float | None, text: str) -> str:
+    return "-" if value is None else text.format(value)
+
+
+def offline_text(offline: dict[str, Any] | None) -> str:
+    if offline is None:
+        return "- (no store)"
+    if offline["seconds"] is not None:
+        return seconds_text(offline["seconds"])
+    return (
+        f"not within {offline['waited_seconds']:.0f} s "
+        f"({offline['still_running']:,} still running, "
+        f"{offline['sessions_left']:,} sessions left, "
+        f"{offline['running_without_session']:,} running without a session)"
+    )
+
+
+def kind_rows(kind: type[ServerProcess], setup: Setup, s: Summary) -> list[tuple[str, str]]:
+    args, title, where = setup.args, kind.title, kind.counted_where
+    quiet = s["agents_cpu_seconds_per_interval_without_sample_slot"]
+    return [
+        ("agents (streams)", f"{s['streams_open_reached']:,} of {args.agents:,} open"),
         ("client processes", f"{args.client_processes}"),
-        ("certificates issued + sealed", f"{fill.cert_seconds:.1f} s"),
-        ("all streams open", seconds_text(ramp.seconds_all_open)),
-        ("all sessions in the store", seconds_text(ramp.seconds_all_sessions)),
-        ("all CVMs running in the store", seconds_text(ramp.seconds_all_running)),
+        ("certificates issued + sealed", f"{setup.fill.cert_seconds:.1f} s"),
+        ("all streams open", seconds_text(s["seconds_until_all_streams_open"])),
+        (f"all sessions {where}", seconds_text(s["seconds_until_all_sessions"])),
+        (f"all CVMs running {where}", seconds_text(s["seconds_until_all_running"])),
         (
             "connect time per agent p50 / p99",
-            f"{summary['connect_seconds_p50'] or 0:.2f} s / "
-            f"{summary['connect_seconds_p99'] or 0:.2f} s",
+            f"{s['connect_seconds_p50'] or 0:.2f} s / {s['connect_seconds_p99'] or 0:.2f} s",
         ),
-        ("agents RSS idle", f"{summary['rss_idle_mib']:.0f} MiB"),
-        ("agents RSS all connected", f"{summary['rss_connected_mib']:.0f} MiB"),
-        ("agents RSS after the rounds", f"{summary['rss_after_rounds_mib']:.0f} MiB"),
-        ("RSS per stream", f"{summary['rss_per_stream_kib']} KiB"),
         (
-            f"agents CPU per {args.heartbeat:g}s heartbeat interval",
-            f"{summary['agents_cpu_seconds_per_heartbeat_interval']:.2f} s "
-            f"({summary['agents_cpu_percent_of_one_core']:.0f} % of one core)",
+            f"{title} CPU per connect (until all open)",
+            optional_text(s["server_cpu_ms_per_connect"], "{:.2f} ms"),
+        ),
+        (f"{title} RSS idle", f"{s['rss_idle_mib']:.0f} MiB"),
+        (f"{title} RSS all connected", f"{s['rss_connected_mib']:.0f} MiB"),
+        (f"{title} RSS after the rounds", f"{s['rss_after_rounds_mib']:.0f} MiB"),
+        ("RSS per stream", f"{s['rss_per_stream_kib']} KiB"),
+        (
+            f"{title} CPU per {args.heartbeat:g}s heartbeat interval",
+            f"{s['agents_cpu_seconds_per_heartbeat_interval']:.2f} s "
+            f"({s['agents_cpu_percent_of_one_core']:.0f} % of one core)",
         ),
         (
             "  the same, intervals without a sample slot",
             "-"
-            if summary["agents_cpu_seconds_per_interval_without_sample_slot"] is None
-            else f"{summary['agents_cpu_seconds_per_interval_without_sample_slot']:.2f} s "
-            f"({len(quiet)} of {len(rounds)} intervals)",
+            if quiet is None
+            else f"{quiet:.2f} s ({s['intervals_without_sample_slot']} of {args.rounds} intervals)",
         ),
         (
             "heartbeat rounds observed",
-            f"{observed_rounds:.2f} in {args.rounds} intervals",
+            f"{s['heartbeat_rounds_observed']:.2f} in {args.rounds} intervals",
         ),
         (
-            "agents CPU per observed round",
-            "-"
-            if summary["agents_cpu_seconds_per_observed_round"] is None
-            else f"{summary['agents_cpu_seconds_per_observed_round']:.2f} s",
+            f"{title} CPU per observed round",
+            optional_text(s["agents_cpu_seconds_per_observed_round"], "{:.2f} s"),
         ),
         (
-            "postgres CPU per interval",
-            f"{summary['postgres_cpu_seconds_per_heartbeat_interval']:.2f} s",
+            f"{title} CPU per agent per round",
+            optional_text(s["agents_cpu_ms_per_agent_per_round"], "{:.3f} ms"),
         ),
-        (
-            "clients CPU per interval",
-            f"{summary['clients_cpu_seconds_per_heartbeat_interval']:.2f} s",
-        ),
+        ("postgres CPU per interval", f"{s['postgres_cpu_seconds_per_heartbeat_interval']:.2f} s"),
+        ("clients CPU per interval", f"{s['clients_cpu_seconds_per_heartbeat_interval']:.2f} s"),
         (
             "all stayed running",
-            f"{'yes' if summary['all_stayed_running'] else 'NO'} "
-            f"(running {final.running:,}, sessions {final.sessions:,}, "
-            f"drops {summary['drops_during_rounds']})",
+            f"{'yes' if s['all_stayed_running'] else 'NO'} "
+            f"(running {s['running_at_end']:,}, sessions {s['sessions_at_end']:,}, "
+            f"drops {s['drops_during_rounds']})",
         ),
-        ("connect failures (retried)", f"{summary['connect_failures']:,}"),
+        ("connect failures (retried)", f"{s['connect_failures']:,}"),
         (
             "all offline after the clients began to leave",
-            seconds_text(offline["seconds"])
-            if offline["seconds"] is not None
-            else f"not within {offline['waited_seconds']:.0f} s "
-            f"({offline['still_running']:,} still running, "
-            f"{offline['sessions_left']:,} sessions left, "
-            f"{offline['running_without_session']:,} running without a session)",
+            offline_text(s["all_offline_after_clients_left"]),
         ),
     ]
+
+
+def print_kind_report(
+    kind: type[ServerProcess],
+    setup: Setup,
+    summary: Summary,
+    measured: Measured,
+    departure: Departure,
+    outcome: ClientOutcome,
+) -> None:
     print()
-    print(table(rows))
+    print(table(kind_rows(kind, setup, summary)))
     print()
-    print(rounds_table(rounds))
-    if errors:
+    print(rounds_table(measured.rounds, kind.title))
+    if outcome.errors:
         print("\nclient errors:")
-        for kind, count in errors.most_common():
-            timing = error_timing.get(kind, {})
+        for error, count in outcome.errors.most_common():
+            timing = outcome.error_timing.get(error, {})
             print(
-                f"  {count:>7,}  {kind}: {samples.get(kind, '')} (after "
-                f"{timing.get('min', 0):.1f}-{timing.get('max', 0):.1f} s, "
+                f"  {count:>7,}  {error}: {outcome.samples.get(error, '')} (after "
+                f"{timing.get('min') or 0:.1f}-{timing.get('max') or 0:.1f} s, "
                 f"median {timing.get('p50') or 0:.1f} s)"
             )
-    if server_errors:
-        print("\nthe agents process logged errors (the whole run, until the clients left):")
-        for text, count in sorted(server_errors.items(), key=lambda item: -item[1]):
+    if departure.errors:
+        print(f"\nthe {kind.title} process logged errors (the whole run, until the clients left):")
+        for text, count in sorted(departure.errors.items(), key=lambda item: -item[1]):
             print(f"  {count:>5}  {text}")
-    if server_log_lines:
-        print(f"\nthe agents process logged {server_log_lines} lines during the rounds; its tail:")
-        print(log_tail)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    document = {
-        "meta": meta,
-        "summary": summary,
-        "ramp": asdict(ramp),
-        "rounds": [asdict(r) for r in rounds],
+    if measured.log_lines_during_rounds:
+        print(
+            f"\nthe {kind.title} process logged {measured.log_lines_during_rounds} lines "
+            "during the rounds; its tail:"
+        )
+        print(departure.log_tail)
+
+
+# --- Main ----------------------------------------------------------------------------------
+
+
+def prepare_store(
+    admin: str, database: str, database_url: str, data_dir: Path, cleanup: ExitStack
+) -> None:
+    """Our server's store, recreated and migrated (and dropped by ``cleanup``)."""
+    print(f"database {database}: drop, create, migrate", flush=True)
+    recreate_database(admin, database)
+    cleanup.callback(drop_database, admin, database)
+    run_cli("migrate", "--database-url", database_url, "--data-dir", str(data_dir))
+
+
+def results_meta(setup: Setup, started_at: str, database: str | None) -> dict[str, Any]:
+    args = setup.args
+    return {
+        "benchmark": "agents_streams",
+        "started_at": started_at,
+        "servers": [kind.kind for kind in selected_kinds(args.server)],
+        "database": database,
+        "agents": args.agents,
+        "client_processes": args.client_processes,
+        "connect_in_flight_per_process": args.connect_in_flight,
+        "heartbeat_seconds": args.heartbeat,
+        "offline_after_seconds": args.offline_after,
+        "rounds": args.rounds,
+        "settle_seconds": args.settle,
+        "certificates_seconds": round(setup.fill.cert_seconds, 2),
+        "copy_and_analyze_seconds": round(setup.fill.copy_seconds, 2),
+        "server_nofile": setup.server_nofile,
+        "client_nofile": setup.client_nofile,
+        "server_log_level": args.server_log_level,
+        "cpu_count": os.cpu_count(),
+        "memory_total_gib": round(os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE / 2**30, 1),
+        "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "grpc": grpc.__version__,
+        "notes": [
+            "each server kind runs in turn (ours, then the anchor) with fresh client "
+            "processes on the same certificates; the anchor keeps no store, so its "
+            "sessions and running CVMs are the streams the clients hold open",
+            "server_cpu_ms_per_connect: the server's CPU from the start of the ramp until "
+            "every stream was open, divided by the streams opened by then",
+            "rounds are windows of one heartbeat interval, back to back; the server's "
+            "heartbeat period is its interval plus the time of its renew query, so a "
+            "window holds about one round: heartbeat_rounds_observed counts them from "
+            "the agentStateReq the clients received",
+            "postgres CPU sums every local postgres process alive at a window's end",
+            "sample slot: the window crossed a 5-minute boundary, when the agents "
+            "process's sampler writes one uptime bit per CVM",
+        ],
     }
-    args.output.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def selected_kinds(server: str) -> list[type[ServerProcess]]:
+    return [kind for name, kind in SERVER_KINDS.items() if server in (name, "both")]
+
+
+def compare_kinds(runs: dict[str, KindRun], heartbeat: float) -> list[Row] | None:
+    """Ours against the anchor, when both ran."""
+    if "ours" not in runs or "anchor" not in runs:
+        return None
+    return compare(runs["ours"].summary, runs["anchor"].summary, heartbeat=heartbeat)
+
+
+def results_document(
+    meta: dict[str, Any], runs: dict[str, KindRun], comparison: list[Row] | None
+) -> dict[str, Any]:
+    return {
+        "meta": meta,
+        **{name: run.summary for name, run in runs.items()},
+        "ratios": ratios_json(comparison) if comparison else {},
+        "targets": targets_json(comparison) if comparison else {},
+        "ramps": {name: asdict(run.ramp) for name, run in runs.items()},
+        "rounds": {name: [asdict(r) for r in run.rounds] for name, run in runs.items()},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    exit_cleanly_on_signals()
+    kinds = selected_kinds(args.server)
+    keeps_store = any(kind.keeps_store for kind in kinds)
+    url = make_url(args.database_url)
+    database = str(url.database)
+    database_url = url.render_as_string(hide_password=False)
+    conninfo = libpq_conninfo(url)
+    admin = libpq_conninfo(url.set(database=args.admin_database))
+
+    with tempfile.TemporaryDirectory(prefix="prism-bench-agents-") as tmp, ExitStack() as cleanup:
+        data_dir = Path(tmp)
+        if keeps_store:
+            prepare_store(admin, database, database_url, data_dir, cleanup)
+        print(f"issuing {args.agents:,} client certificates ...", flush=True)
+        fill = issue_agents(
+            data_dir, agents=args.agents, shards=args.client_processes, seed=args.seed
+        )
+        print(f"  certificates issued and keys sealed in {fill.cert_seconds:.1f}s", flush=True)
+        if keeps_store:  # the anchor reads only the certificates
+            copy_into_store(conninfo, fill)
+            print(f"  COPY + VACUUM ANALYZE {fill.copy_seconds:.1f}s", flush=True)
+        setup = Setup(
+            args=args,
+            data_dir=data_dir,
+            fill=fill,
+            database_url=database_url,
+            conninfo=conninfo,
+            server_nofile=args.agents + FD_MARGIN,
+            client_nofile=-(-args.agents // args.client_processes) + FD_MARGIN,
+        )
+        runs = {kind.kind: run_server_kind(kind, setup) for kind in kinds}
+
+    comparison = compare_kinds(runs, args.heartbeat)
+    if comparison:
+        print(f"\n=== ours against the anchor ({args.agents:,} agents) ===\n")
+        print(comparison_table(comparison))
+    meta = results_meta(setup, started_at, database if keeps_store else None)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results_document(meta, runs, comparison), indent=2) + "\n")
     print(f"\nwrote {args.output}")
     return 0
 
