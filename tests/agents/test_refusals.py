@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from cryptography import x509
 from sqlalchemy import select, update
 
 from prism_backends.agents.models import AgentCredential, AgentSession
@@ -192,6 +193,41 @@ def test_a_revoked_certificate_is_refused(runtime: Runtime, api: Api) -> None:
 
     asyncio.run(scenario())
     assert _fresh(runtime, cvm_id) == before
+
+
+def test_a_retired_certificate_does_not_end_the_stream_that_replaced_it(
+    runtime: Runtime, api: Api
+) -> None:
+    """The old certificate is refused, and the open stream with the renewed one
+    keeps its session and goes on being asked its state."""
+    cvm_id = api.create("renewed")
+    retired = api.credential(cvm_id)
+    serial = format(x509.load_pem_x509_certificate(retired.client_cert).serial_number, "x")
+    response = api.client.post(
+        f"/backends/{DOMAIN}/cvms/{cvm_id}/certificates/{serial}/renew", headers=api.headers
+    )
+    assert response.status_code == 201, response.text
+    renewed = api.credential(cvm_id)  # the newest valid one: the renewal
+    assert renewed.client_cert != retired.client_cert
+
+    async def scenario() -> None:
+        async with serving(runtime) as endpoint, channel_of(endpoint.port, renewed) as channel:
+            call = cvms_pb2_grpc.ServiceStub(channel).Process(metadata=_job(cvm_id))
+            await receive(call, "agentStateReq")  # this connect revoked the older one
+            current = endpoint.hub.connections[cvm_id]
+
+            error = await _refusal(channel_of(endpoint.port, retired), cvm_id)
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
+            assert "revoked" in (error.details() or ""), error
+
+            assert endpoint.hub.connections[cvm_id] is current
+            assert not current.closing
+            await endpoint.hub.heartbeat()
+            await receive(call, "agentStateReq")
+            assert (await asyncio.to_thread(footprint, runtime, cvm_id)).sessions == 1
+            call.cancel()
+
+    asyncio.run(scenario())
 
 
 def test_a_job_id_naming_another_cvm_is_refused(runtime: Runtime, api: Api) -> None:

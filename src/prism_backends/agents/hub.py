@@ -156,25 +156,35 @@ class Hub:
             self._over_budget.add(cvm_id)
         return granted
 
-    async def attach(self, connection: Connection) -> None:
-        previous = self._connections.get(connection.cvm_id)
-        if previous is not None:
-            previous.disconnect("replaced by a newer connection of the same agent")
-        self._connections[connection.cvm_id] = connection
+    async def attach(self, connection: Connection, confirm: Callable[[Session], None]) -> None:
+        """Open the stream's session. ``confirm`` runs first in that transaction
+        and raises to refuse the stream: a refusal writes nothing and leaves the
+        stream this one would have replaced as it was."""
+        cvm_id = connection.cvm_id
+        previous = self._connections.get(cvm_id)
+        # Registered before the transaction: a detach of the previous stream
+        # meanwhile must leave the session row this one is writing alone.
+        self._connections[cvm_id] = connection
         now = utcnow()
 
         def open_stream(session: Session) -> list[str]:
+            confirm(session)
             # One transaction: the session opens if and only if a connect with
             # a renewed certificate retires the older ones.
-            repository.open_session(session, connection.cvm_id, self.replica, now, now + self._ttl)
-            return repository.note_presented(session, connection.cvm_id, connection.serial, now)
+            repository.open_session(session, cvm_id, self.replica, now, now + self._ttl)
+            return repository.note_presented(session, cvm_id, connection.serial, now)
 
         try:
             retired = await self._db(open_stream)
         except BaseException:
-            if self._connections.get(connection.cvm_id) is connection:
-                del self._connections[connection.cvm_id]
+            if self._connections.get(cvm_id) is connection:
+                if previous is not None and not previous.closing:
+                    self._connections[cvm_id] = previous
+                else:
+                    del self._connections[cvm_id]
             raise
+        if previous is not None:
+            previous.disconnect("replaced by a newer connection of the same agent")
         connection.opened = True
         self.record(
             connection.cvm_id,

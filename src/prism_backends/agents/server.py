@@ -31,7 +31,6 @@ from prism_backends.agents.pki import AgentCA, load_or_create_server_credentials
 from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
 from prism_backends.attestation.service import Appraiser
 from prism_backends.config import Settings
-from prism_backends.db.engine import unit_of_work
 from prism_backends.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -45,35 +44,43 @@ class Refused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
-    cvm_id: str
-    domain_id: str
-    serial: str  # of the certificate presented: the stream ends when it is revoked
+class Claim:
+    """What a client certificate says, before the store has confirmed it."""
+
+    cvm_id: str  # its subject CN
+    serial: str  # the stream ends when it is revoked
+    not_after: datetime
+    job_id: str | None  # the job-id metadata, when sent
 
 
 def replica_identity() -> str:
     return f"agents:{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def identify(pem: bytes | None, job_id: str | None, sessions: sessionmaker[Session]) -> Identity:
-    """The CVM behind a presented client certificate, or Refused."""
+def claim_of(pem: bytes | None, job_id: str | None) -> Claim:
     if not pem:
         raise Refused(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
     cert = x509.load_pem_x509_certificate(pem)
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    common_name = str(names[0].value) if names else ""
-    serial = format(cert.serial_number, "x")
-    with unit_of_work(sessions) as session:
-        found = repository.presented(session, serial)
-    if found is None or found.cvm_id != common_name:
+    return Claim(
+        cvm_id=str(names[0].value) if names else "",
+        serial=format(cert.serial_number, "x"),
+        not_after=cert.not_valid_after_utc,
+        job_id=job_id,
+    )
+
+
+def confirm(claim: Claim, session: Session) -> None:
+    """Refused unless the store knows the certificate as its CVM's, standing."""
+    found = repository.presented(session, claim.serial)
+    if found is None or found.cvm_id != claim.cvm_id:
         raise Refused(grpc.StatusCode.UNAUTHENTICATED, "this certificate was not issued to a CVM")
     if found.revoked or found.deleted:
         raise Refused(grpc.StatusCode.UNAUTHENTICATED, "this certificate has been revoked")
-    if cert.not_valid_after_utc < datetime.now(UTC):
+    if claim.not_after < datetime.now(UTC):
         raise Refused(grpc.StatusCode.UNAUTHENTICATED, "this certificate has expired")
-    if job_id is not None and job_id != found.cvm_id:
+    if claim.job_id is not None and claim.job_id != found.cvm_id:
         raise Refused(grpc.StatusCode.PERMISSION_DENIED, "the job-id metadata names another CVM")
-    return Identity(cvm_id=found.cvm_id, domain_id=found.domain_id, serial=serial)
 
 
 class AgentService(cvms_pb2_grpc.ServiceServicer):
@@ -89,14 +96,19 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
         ],
     ) -> AsyncIterator[cvms_pb2.ServerStreamMessage]:
         try:
-            identity = await self._authenticate(context)
-            if not self._hub.admit(identity.cvm_id):
+            claim = await self._claim(context)
+            if not self._hub.admit(claim.cvm_id):
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     "this agent reconnects too often; wait a few seconds",
                 )
-            connection = Connection(identity.cvm_id, identity.serial)
-            await self._hub.attach(connection)
+            connection = Connection(claim.cvm_id, claim.serial)
+            # The certificate is confirmed in the transaction that opens the session.
+            await self._hub.attach(connection, functools.partial(confirm, claim))
+        except Refused as refused:
+            log.info("agent refused: %s", refused.reason)
+            await context.abort(refused.code, refused.reason)
+            raise  # abort raises; this keeps the type checker informed
         except StoreUnavailable:
             await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNREACHABLE)
             raise  # abort raises; this keeps the type checker informed
@@ -120,22 +132,16 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
             reader.cancel()
             await self._hub.detach(connection)
 
-    async def _authenticate(
+    async def _claim(
         self,
         context: grpc.aio.ServicerContext[
             cvms_pb2.ClientStreamMessage, cvms_pb2.ServerStreamMessage
         ],
-    ) -> Identity:
+    ) -> Claim:
         certificates = list(context.auth_context().get("x509_pem_cert", []))
         pem = certificates[0] if certificates else None
         job_ids = [value for key, value in context.invocation_metadata() or () if key == "job-id"]
-        job_id = str(job_ids[0]) if job_ids else None
-        try:
-            return await asyncio.to_thread(identify, pem, job_id, self._sessions)
-        except Refused as refused:
-            log.info("agent refused: %s", refused.reason)
-            await context.abort(refused.code, refused.reason)
-            raise  # abort raises; this keeps the type checker informed
+        return claim_of(pem, str(job_ids[0]) if job_ids else None)
 
     async def _read(
         self, connection: Connection, messages: AsyncIterator[cvms_pb2.ClientStreamMessage]
