@@ -16,7 +16,7 @@ from prism_backends.agents.limits import EventBounds
 from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSession
 from prism_backends.cvms.models import CVM
 from prism_backends.cvms.repository import is_cvm_id
-from prism_backends.db.engine import upsert_insert
+from prism_backends.db.engine import one_of, upsert_insert
 from prism_backends.vocabulary import Status
 
 
@@ -241,12 +241,14 @@ def renew_sessions(
     for chunk in _chunks(cvm_ids):
         session.execute(
             update(AgentSession)
-            .where(AgentSession.cvm_id.in_(chunk), AgentSession.replica == replica)
+            .where(one_of(session, AgentSession.cvm_id, chunk), AgentSession.replica == replica)
             .values(expires_at=expires_at)
             .execution_options(synchronize_session=False)
         )
         rows = session.execute(
-            select(AgentSession.cvm_id, AgentSession.replica).where(AgentSession.cvm_id.in_(chunk))
+            select(AgentSession.cvm_id, AgentSession.replica).where(
+                one_of(session, AgentSession.cvm_id, chunk)
+            )
         )
         holders = {row[0]: row[1] for row in rows}
         elsewhere.update(cvm_id for cvm_id, holder in holders.items() if holder != replica)
@@ -266,14 +268,14 @@ def mark_answered(session: Session, replica: str, cvm_ids: Sequence[str], now: d
     for chunk in _chunks(cvm_ids):
         session.execute(
             update(AgentSession)
-            .where(AgentSession.cvm_id.in_(chunk), AgentSession.replica == replica)
+            .where(one_of(session, AgentSession.cvm_id, chunk), AgentSession.replica == replica)
             .values(last_seen_at=now)
             .execution_options(synchronize_session=False)
         )
         # Only where this replica's session stands: a replica that stalled past
         # its sessions' expiry must not bring back a CVM the reaper took offline.
         ours = select(AgentSession.cvm_id).where(
-            AgentSession.cvm_id.in_(chunk), AgentSession.replica == replica
+            one_of(session, AgentSession.cvm_id, chunk), AgentSession.replica == replica
         )
         session.execute(
             update(CVM)
@@ -299,7 +301,7 @@ def expire_sessions(session: Session, now: datetime, silent_since: datetime) -> 
         session.scalars(select(AgentSession.cvm_id).where(AgentSession.expires_at < now))
     )
     for chunk in _chunks(crashed):
-        session.execute(delete(AgentSession).where(AgentSession.cvm_id.in_(chunk)))
+        session.execute(delete(AgentSession).where(one_of(session, AgentSession.cvm_id, chunk)))
     silent = list(
         session.scalars(
             select(AgentSession.cvm_id).where(
@@ -315,7 +317,7 @@ def _mark_offline(session: Session, cvm_ids: Sequence[str], now: datetime) -> No
     for chunk in _chunks(cvm_ids):
         session.execute(
             update(CVM)
-            .where(CVM.id.in_(chunk), CVM.status == Status.RUNNING.value)
+            .where(one_of(session, CVM.id, chunk), CVM.status == Status.RUNNING.value)
             .values(status=Status.OFFLINE.value, updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -343,7 +345,7 @@ def ended_streams(session: Session, serials: Mapping[str, str], now: datetime) -
                 AgentCredential.not_after,
             )
             .join(CVM, CVM.id == AgentCredential.cvm_id)
-            .where(AgentCredential.serial.in_(chunk))
+            .where(one_of(session, AgentCredential.serial, chunk))
         )
         seen = set()
         for serial, deleted_at, revoked_at, not_after in rows:
