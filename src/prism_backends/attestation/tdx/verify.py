@@ -202,13 +202,21 @@ def verify_quote_signature(quote: Quote) -> None:
     """Check the quote signature over the signed bytes with the attestation key."""
     signed = quote.signed_data
     try:
-        key = ec.EllipticCurvePublicKey.from_encoded_point(
-            ec.SECP256R1(), b"\x04" + signed.attestation_key
-        )
+        key = _attestation_key(signed.attestation_key)
     except ValueError as exc:
         raise SignatureInvalid("the attestation key is not a P-256 point") from exc
     if not _ecdsa_ok(key, signed.signature, quote.signed_bytes()):
         raise SignatureInvalid("the quote signature does not verify with the attestation key")
+
+
+@functools.lru_cache(maxsize=4096)
+def _attestation_key(point: bytes) -> ec.EllipticCurvePublicKey:
+    """The P-256 key of an X || Y point. A quoting enclave signs every quote
+    with the same key until it restarts; loading it, and OpenSSL's preparing it
+    on first use, cost about a fifth of a verify. Only the key is remembered,
+    never a verdict: each quote's signature is verified. ValueError (not
+    remembered) when the point is not on the curve."""
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + point)
 
 
 def verify_qe_report(quote: Quote, pck_certificate: x509.Certificate) -> None:
@@ -216,7 +224,7 @@ def verify_qe_report(quote: Quote, pck_certificate: x509.Certificate) -> None:
     attestation key (report_data = SHA-256(key || QE auth data) || 32 zeros)."""
     certification = quote.signed_data.certification
     if not _qe_report_signed(
-        pck_certificate, certification.qe_report_signature, certification.qe_report_raw
+        _Same(pck_certificate), certification.qe_report_signature, certification.qe_report_raw
     ):
         raise SignatureInvalid("the QE report signature does not verify with the PCK key")
     digest = hashlib.sha256(quote.signed_data.attestation_key + certification.qe_auth_data).digest()
@@ -249,20 +257,44 @@ def verify_chain(
         raise ChainInvalid(f"{what}: a certificate is malformed: {exc}") from exc
     # Every other check does not depend on the time, and a platform sends the
     # same chain with every quote: they are done once per chain and remembered.
-    problem = _chain_problem(tuple(chain), tuple(trusted_roots), leaf_cn, intermediate_cns)
+    problem = _chain_problem(
+        tuple(map(_Same, chain)), tuple(map(_Same, trusted_roots)), leaf_cn, intermediate_cns
+    )
     if problem is not None:
         raise ChainInvalid(f"{what}{problem}")
 
 
+class _Same:
+    """A certificate as a cache key, by identity. Hashing or comparing a
+    :class:`~cryptography.x509.Certificate` walks its whole structure (3-5 us,
+    several times a quote); the chain parsed from a quote's PEM (remembered by
+    its bytes) and the trusted roots are the same objects from quote to quote.
+    The key holds its certificate, so the identity cannot be reused while it
+    is remembered; an equal certificate in another object merely misses."""
+
+    __slots__ = ("certificate",)
+
+    def __init__(self, certificate: x509.Certificate) -> None:
+        self.certificate = certificate
+
+    def __hash__(self) -> int:
+        return id(self.certificate)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.certificate is self.certificate
+
+
 @functools.lru_cache(maxsize=1024)
 def _chain_problem(
-    chain: tuple[x509.Certificate, ...],
-    trusted_roots: tuple[x509.Certificate, ...],
+    same_chain: tuple[_Same, ...],
+    same_roots: tuple[_Same, ...],
     leaf_cn: str,
     intermediate_cns: frozenset[str] | None,
 ) -> str | None:
     """What is wrong with the chain at any time, as the end of a sentence that
     names it, or None."""
+    chain = tuple(same.certificate for same in same_chain)
+    trusted_roots = tuple(same.certificate for same in same_roots)
     try:
         problem = _shape_problem(chain, leaf_cn, intermediate_cns)
     except _X509_ERRORS as exc:
@@ -408,17 +440,23 @@ def _parsed_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
         raise MalformedEvidence(f"a certificate in the PCK chain does not parse: {exc}") from exc
 
 
-# The SGX extensions of a PCK certificate, parsed once per certificate (a
-# malformed one raises, and is parsed again next time).
-_pck_extensions = functools.lru_cache(maxsize=1024)(pck_extensions)
+def _pck_extensions(certificate: x509.Certificate) -> PckExtensions:
+    return _remembered_pck_extensions(_Same(certificate))
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_pck_extensions(certificate: _Same) -> PckExtensions:
+    """The SGX extensions of a PCK certificate, parsed once per certificate (a
+    malformed one raises, and is parsed again next time)."""
+    return pck_extensions(certificate.certificate)
 
 
 @functools.lru_cache(maxsize=4096)
-def _qe_report_signed(pck_certificate: x509.Certificate, signature: bytes, report: bytes) -> bool:
+def _qe_report_signed(pck_certificate: _Same, signature: bytes, report: bytes) -> bool:
     """Whether the PCK key signed the QE report. The quoting enclave sends the
     same report, bound to its attestation key, with every quote until it
     restarts: the verdict for these exact bytes is remembered."""
-    key = pck_certificate.public_key()
+    key = pck_certificate.certificate.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):  # pragma: no cover - chain checked
         raise ChainInvalid("the PCK certificate's key is not an EC key")
     return _ecdsa_ok(key, signature, report)
