@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import struct
 from dataclasses import dataclass
@@ -278,25 +279,51 @@ def _parse_header(raw: bytes) -> Header:
     )
 
 
+# The TD quote body's fields, back to back, in one unpack rather than a
+# slice each (this runs for every quote): tee_tcb_svn (0x00), mr_seam,
+# mr_signer_seam, seam_attributes, td_attributes, xfam, mr_td, mr_config_id,
+# mr_owner, mr_owner_config, rtmr0-3 (0x148), report_data (0x208-0x248); then
+# TDX 1.5's tee_tcb_svn2 and mr_service_td (0x248-0x288).
+_BODY_1_0 = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s")
+_BODY_1_5_TAIL = struct.Struct("<16s48s")
+
+
 def _parse_body(raw: bytes, body_type: int) -> TdQuoteBody:
-    m = MEASUREMENT_SIZE
-    rtmrs = tuple(raw[0x148 + i * m : 0x148 + (i + 1) * m] for i in range(RTMR_COUNT))
-    tdx15 = body_type == BODY_TYPE_TDX_1_5
+    (
+        tee_tcb_svn,
+        mr_seam,
+        mr_signer_seam,
+        seam_attributes,
+        td_attributes,
+        xfam,
+        mr_td,
+        mr_config_id,
+        mr_owner,
+        mr_owner_config,
+        rtmr0,
+        rtmr1,
+        rtmr2,
+        rtmr3,
+        report_data,
+    ) = _BODY_1_0.unpack_from(raw)
+    tee_tcb_svn2 = mr_service_td = None
+    if body_type == BODY_TYPE_TDX_1_5:
+        tee_tcb_svn2, mr_service_td = _BODY_1_5_TAIL.unpack_from(raw, _BODY_1_0.size)
     return TdQuoteBody(
-        tee_tcb_svn=raw[0x00:0x10],
-        mr_seam=raw[0x10:0x40],
-        mr_signer_seam=raw[0x40:0x70],
-        seam_attributes=raw[0x70:0x78],
-        td_attributes=raw[0x78:0x80],
-        xfam=raw[0x80:0x88],
-        mr_td=raw[0x88:0xB8],
-        mr_config_id=raw[0xB8:0xE8],
-        mr_owner=raw[0xE8:0x118],
-        mr_owner_config=raw[0x118:0x148],
-        rtmrs=(rtmrs[0], rtmrs[1], rtmrs[2], rtmrs[3]),
-        report_data=raw[0x208:0x248],
-        tee_tcb_svn2=raw[0x248:0x258] if tdx15 else None,
-        mr_service_td=raw[0x258:0x288] if tdx15 else None,
+        tee_tcb_svn=tee_tcb_svn,
+        mr_seam=mr_seam,
+        mr_signer_seam=mr_signer_seam,
+        seam_attributes=seam_attributes,
+        td_attributes=td_attributes,
+        xfam=xfam,
+        mr_td=mr_td,
+        mr_config_id=mr_config_id,
+        mr_owner=mr_owner,
+        mr_owner_config=mr_owner_config,
+        rtmrs=(rtmr0, rtmr1, rtmr2, rtmr3),
+        report_data=report_data,
+        tee_tcb_svn2=tee_tcb_svn2,
+        mr_service_td=mr_service_td,
     )
 
 
@@ -326,6 +353,11 @@ def _parse_signed_data(raw: bytes) -> SignedData:
     )
 
 
+# A quoting enclave sends the same certification data (its report, the
+# report's signature, its authentication data and the PCK chain) with every
+# quote until it restarts: parsed once per exact bytes. The result is frozen,
+# so sharing it is safe; malformed data raises and is not remembered.
+@functools.lru_cache(maxsize=1024)
 def _parse_qe_certification(raw: bytes) -> QeCertificationData:
     fixed = QE_REPORT_SIZE + SIGNATURE_SIZE + 2
     if len(raw) < fixed:

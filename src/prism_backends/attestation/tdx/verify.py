@@ -51,7 +51,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -108,6 +108,7 @@ TCB_INFO_VERSION = 3
 QE_IDENTITY_ID = "TD_QE"
 QE_IDENTITY_VERSION = 2
 TCB_NOT_SUPPORTED = "TcbNotSupported"
+_T = TypeVar("_T")
 # What cryptography raises for a certificate it loaded but cannot fully read.
 _X509_ERRORS = (
     ValueError,
@@ -183,9 +184,8 @@ def verify(
     verify_quote_signature(quote)
     verify_qe_report(quote, chain[0])
     if collateral is None and fetcher is not None:
-        collateral = fetch_collateral(
-            fetcher, fmspc=pck.fmspc, ca=PCK_CA_CNS[_cn(chain[1])], root_crl_url=_crl_url(chain[-1])
-        )
+        ca, root_crl_url = _collateral_source(_Same(chain[1]), _Same(chain[-1]))
+        collateral = fetch_collateral(fetcher, fmspc=pck.fmspc, ca=ca, root_crl_url=root_crl_url)
     tcb = None
     if collateral is not None:
         tcb = evaluate_collateral(quote, chain, pck, collateral, roots, now)
@@ -202,21 +202,31 @@ def verify_quote_signature(quote: Quote) -> None:
     """Check the quote signature over the signed bytes with the attestation key."""
     signed = quote.signed_data
     try:
-        key = ec.EllipticCurvePublicKey.from_encoded_point(
-            ec.SECP256R1(), b"\x04" + signed.attestation_key
-        )
+        key = _attestation_key(signed.attestation_key)
     except ValueError as exc:
         raise SignatureInvalid("the attestation key is not a P-256 point") from exc
     if not _ecdsa_ok(key, signed.signature, quote.signed_bytes()):
         raise SignatureInvalid("the quote signature does not verify with the attestation key")
 
 
+@functools.lru_cache(maxsize=4096)
+def _attestation_key(point: bytes) -> ec.EllipticCurvePublicKey:
+    """The P-256 key of an X || Y point. A quoting enclave signs every quote
+    with the same key until it restarts; loading it, and OpenSSL's preparing it
+    on first use, cost about a fifth of a verify. Only the key is remembered,
+    never a verdict: each quote's signature is verified. ValueError (not
+    remembered) when the point is not on the curve."""
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + point)
+
+
 def verify_qe_report(quote: Quote, pck_certificate: x509.Certificate) -> None:
     """Check the QE report's signature by the PCK key and its binding of the
     attestation key (report_data = SHA-256(key || QE auth data) || 32 zeros)."""
     certification = quote.signed_data.certification
-    if not _qe_report_signed(
-        pck_certificate, certification.qe_report_signature, certification.qe_report_raw
+    # The quoting enclave sends the same report, bound to its attestation key,
+    # with every quote until it restarts: its signature's verdict is remembered.
+    if not _signed_by(
+        _Same(pck_certificate), certification.qe_report_signature, certification.qe_report_raw
     ):
         raise SignatureInvalid("the QE report signature does not verify with the PCK key")
     digest = hashlib.sha256(quote.signed_data.attestation_key + certification.qe_auth_data).digest()
@@ -249,20 +259,45 @@ def verify_chain(
         raise ChainInvalid(f"{what}: a certificate is malformed: {exc}") from exc
     # Every other check does not depend on the time, and a platform sends the
     # same chain with every quote: they are done once per chain and remembered.
-    problem = _chain_problem(tuple(chain), tuple(trusted_roots), leaf_cn, intermediate_cns)
+    problem = _chain_problem(
+        tuple(map(_Same, chain)), tuple(map(_Same, trusted_roots)), leaf_cn, intermediate_cns
+    )
     if problem is not None:
         raise ChainInvalid(f"{what}{problem}")
 
 
+class _Same(Generic[_T]):
+    """A certificate (or CRL) as a cache key, by identity. Hashing or comparing
+    a :class:`~cryptography.x509.Certificate` walks its whole structure (3-5 us,
+    several times a quote); the chain parsed from a quote's PEM (remembered by
+    its bytes), the trusted roots and the collateral loaded from its bytes are
+    the same objects from quote to quote. The key holds its object, so the
+    identity cannot be reused while it is remembered; an equal certificate in
+    another object merely misses."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: _T) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.value is self.value
+
+
 @functools.lru_cache(maxsize=1024)
 def _chain_problem(
-    chain: tuple[x509.Certificate, ...],
-    trusted_roots: tuple[x509.Certificate, ...],
+    same_chain: tuple[_Same[x509.Certificate], ...],
+    same_roots: tuple[_Same[x509.Certificate], ...],
     leaf_cn: str,
     intermediate_cns: frozenset[str] | None,
 ) -> str | None:
     """What is wrong with the chain at any time, as the end of a sentence that
     names it, or None."""
+    chain = tuple(same.value for same in same_chain)
+    trusted_roots = tuple(same.value for same in same_roots)
     try:
         problem = _shape_problem(chain, leaf_cn, intermediate_cns)
     except _X509_ERRORS as exc:
@@ -342,16 +377,16 @@ def evaluate_collateral(
     pck_crl = _current_crl(collateral.pck_crl, ca, now, "PCK CRL")
     _not_revoked(leaf, pck_crl, "PCK CRL")
 
-    tcb_json = split_signed_json(collateral.tcb_info, "tcbInfo", "TCB info")
+    tcb_json = _split(collateral.tcb_info, "tcbInfo", "TCB info")
     _verify_signed_json(
         tcb_json, collateral.tcb_info_issuer_chain, trusted_roots, root_crl, now, "TCB info"
     )
-    tcb_info = parse_tcb_info(tcb_json.value)
-    qe_json = split_signed_json(collateral.qe_identity, "enclaveIdentity", "QE identity")
+    tcb_info = _parsed_tcb_info(collateral.tcb_info)
+    qe_json = _split(collateral.qe_identity, "enclaveIdentity", "QE identity")
     _verify_signed_json(
         qe_json, collateral.qe_identity_issuer_chain, trusted_roots, root_crl, now, "QE identity"
     )
-    qe_identity = parse_qe_identity(qe_json.value)
+    qe_identity = _parsed_qe_identity(collateral.qe_identity)
     _check_tcb_info(tcb_info, pck, now)
     _check_qe_identity(qe_identity, now)
 
@@ -408,20 +443,25 @@ def _parsed_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
         raise MalformedEvidence(f"a certificate in the PCK chain does not parse: {exc}") from exc
 
 
-# The SGX extensions of a PCK certificate, parsed once per certificate (a
-# malformed one raises, and is parsed again next time).
-_pck_extensions = functools.lru_cache(maxsize=1024)(pck_extensions)
+def _pck_extensions(certificate: x509.Certificate) -> PckExtensions:
+    return _remembered_pck_extensions(_Same(certificate))
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_pck_extensions(certificate: _Same[x509.Certificate]) -> PckExtensions:
+    """The SGX extensions of a PCK certificate, parsed once per certificate (a
+    malformed one raises, and is parsed again next time)."""
+    return pck_extensions(certificate.value)
 
 
 @functools.lru_cache(maxsize=4096)
-def _qe_report_signed(pck_certificate: x509.Certificate, signature: bytes, report: bytes) -> bool:
-    """Whether the PCK key signed the QE report. The quoting enclave sends the
-    same report, bound to its attestation key, with every quote until it
-    restarts: the verdict for these exact bytes is remembered."""
-    key = pck_certificate.public_key()
+def _signed_by(signer: _Same[x509.Certificate], signature: bytes, message: bytes) -> bool:
+    """Whether the certificate's key signed ``message``: the verdict for these
+    exact bytes, remembered (a fact about them, so it never goes stale)."""
+    key = signer.value.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):  # pragma: no cover - chain checked
-        raise ChainInvalid("the PCK certificate's key is not an EC key")
-    return _ecdsa_ok(key, signature, report)
+        raise ChainInvalid(f"{_cn(signer.value)!r} does not hold an EC key")
+    return _ecdsa_ok(key, signature, message)
 
 
 def _ecdsa_ok(key: ec.EllipticCurvePublicKey, signature: bytes, message: bytes) -> bool:
@@ -469,6 +509,15 @@ def _cn(certificate: x509.Certificate) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
+@functools.lru_cache(maxsize=1024)
+def _collateral_source(
+    ca: _Same[x509.Certificate], root: _Same[x509.Certificate]
+) -> tuple[str, str]:
+    """The PCK CA's kind (``platform`` or ``processor``) and the root CRL's URL,
+    read from the certificates' names and extensions once per chain."""
+    return PCK_CA_CNS[_cn(ca.value)], _crl_url(root.value)
+
+
 def _crl_url(root: x509.Certificate) -> str:
     try:
         points = root.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
@@ -486,21 +535,7 @@ def _crl_url(root: x509.Certificate) -> str:
 def _current_crl(
     data: bytes, issuer: x509.Certificate, now: datetime, what: str
 ) -> x509.CertificateRevocationList:
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            crl = x509.load_pem_x509_crl(data)
-        else:
-            crl = x509.load_der_x509_crl(data)
-        issuer_name, next_update, last_update = crl.issuer, crl.next_update_utc, crl.last_update_utc
-    except _X509_ERRORS as exc:
-        raise CollateralUnavailable(f"the {what} does not parse: {exc}") from exc
-    if issuer_name != issuer.subject:
-        raise CollateralUnavailable(
-            f"the {what} is issued by {issuer_name.rfc4514_string()!r},"
-            f" not by {issuer.subject.rfc4514_string()!r}"
-        )
-    if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-        raise SignatureInvalid(f"the {what} signature does not verify")
+    crl, next_update, last_update = _signed_crl(data, _Same(issuer), what)
     if next_update is None or now > next_update:
         raise CollateralUnavailable(
             f"the {what} is stale (next update {next_update and next_update.isoformat()},"
@@ -511,6 +546,32 @@ def _current_crl(
             f"the {what} is not yet valid (issued {last_update.isoformat()})"
         )
     return crl
+
+
+@functools.lru_cache(maxsize=256)
+def _signed_crl(
+    data: bytes, issuer: _Same[x509.Certificate], what: str
+) -> tuple[x509.CertificateRevocationList, datetime | None, datetime]:
+    """The CRL, its next and last update, once its issuer's name and signature
+    are checked. A CRL is the same bytes for every quote until Intel issues the
+    next one: these checks, which do not depend on the time, are remembered."""
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
+        issuer_name, next_update, last_update = crl.issuer, crl.next_update_utc, crl.last_update_utc
+    except _X509_ERRORS as exc:
+        raise CollateralUnavailable(f"the {what} does not parse: {exc}") from exc
+    subject = issuer.value.subject
+    if issuer_name != subject:
+        raise CollateralUnavailable(
+            f"the {what} is issued by {issuer_name.rfc4514_string()!r},"
+            f" not by {subject.rfc4514_string()!r}"
+        )
+    if not crl.is_signature_valid(issuer.value.public_key()):  # type: ignore[arg-type]
+        raise SignatureInvalid(f"the {what} signature does not verify")
+    return crl, next_update, last_update
 
 
 def _not_revoked(
@@ -530,21 +591,50 @@ def _verify_signed_json(
     now: datetime,
     what: str,
 ) -> None:
-    try:
-        ders = pem_certificates(issuer_chain_pem(issuer_chain), what=f"{what} issuer chain")
-        chain = [x509.load_der_x509_certificate(der) for der in ders]
-    except (MalformedEvidence, *_X509_ERRORS) as exc:
-        raise CollateralUnavailable(f"the {what} issuer chain does not parse: {exc}") from exc
+    chain = _issuer_chain(issuer_chain, what)
     verify_chain(chain, trusted_roots, now, what=f"{what} signing chain", leaf_cn=TCB_SIGNING_CN)
-    if chain[-1].subject != root_crl.issuer:
+    if not _issued_by(_Same(root_crl), _Same(chain[-1])):
         raise CollateralUnavailable(f"the root CA CRL does not cover the {what} signing chain")
     for certificate in chain[:-1]:
         _not_revoked(certificate, root_crl, "root CA CRL")
-    key = chain[0].public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):  # pragma: no cover - chain checked
-        raise ChainInvalid(f"the {what} signing key is not an EC key")
-    if not _ecdsa_ok(key, signed.signature, signed.signed_bytes):
+    if not _signed_by(_Same(chain[0]), signed.signature, signed.signed_bytes):
         raise SignatureInvalid(f"the {what} signature does not verify")
+
+
+@functools.lru_cache(maxsize=256)
+def _issued_by(
+    crl: _Same[x509.CertificateRevocationList], certificate: _Same[x509.Certificate]
+) -> bool:
+    """Whether the CRL's issuer is the certificate's subject (each name is
+    built afresh in Python on every access: remembered per pair of objects)."""
+    return crl.value.issuer == certificate.value.subject
+
+
+# TCB info, QE identity and their signing chain are the same bytes for every
+# quote of a platform until Intel's next update: each is split, parsed and
+# loaded once per exact bytes (what fails raises and is not remembered).
+
+
+@functools.lru_cache(maxsize=256)
+def _issuer_chain(issuer_chain: bytes, what: str) -> tuple[x509.Certificate, ...]:
+    try:
+        ders = pem_certificates(issuer_chain_pem(issuer_chain), what=f"{what} issuer chain")
+        return tuple(x509.load_der_x509_certificate(der) for der in ders)
+    except (MalformedEvidence, *_X509_ERRORS) as exc:
+        raise CollateralUnavailable(f"the {what} issuer chain does not parse: {exc}") from exc
+
+
+_split = functools.lru_cache(maxsize=256)(split_signed_json)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_tcb_info(body: bytes) -> TcbInfo:
+    return parse_tcb_info(_split(body, "tcbInfo", "TCB info").value)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_qe_identity(body: bytes) -> QeIdentity:
+    return parse_qe_identity(_split(body, "enclaveIdentity", "QE identity").value)
 
 
 def _check_tcb_info(tcb_info: TcbInfo, pck: PckExtensions, now: datetime) -> None:
