@@ -58,6 +58,8 @@ def _create(service: Service, name: str) -> str:
 
 # How much of a select's content box its drop-down arrow takes (Chromium's, with room to spare).
 SELECT_ARROW_PX = 24
+# The uptime chart's span when its samples are a second apart.
+SPAN_OF_SECONDS = re.compile(r"^(1 sample|\d+ (s|min) of samples)$")
 # A pill around its words: its padding, its dot and the gap after it (about 33 px).
 PILL_CHROME_PX = 40
 
@@ -251,6 +253,8 @@ def test_a_cvm_from_the_form_to_its_deletion(service: Service, context: BrowserC
     expect(online).not_to_have_text("0")
     card = page.locator(".chart-card", has=page.get_by_role("link", name=name, exact=True))
     expect(card.locator("svg.chart")).to_be_visible()
+    # Samples a second apart here: the axis says how long they cover, not a day.
+    expect(card.locator(".chart-span")).to_have_text(SPAN_OF_SECONDS)
     card.get_by_role("link", name=name, exact=True).click()
 
     # Delete asks first; Escape or Cancel keeps the CVM.
