@@ -120,9 +120,8 @@ def _serve_metrics_port(runtime: Runtime) -> None:
     if settings.metrics_port is None or not settings.metrics_enabled:
         return
     try:
-        exposition.serve_on_port(
-            settings.metrics_host, settings.metrics_port, StoreGauges(runtime.sessions)
-        )
+        gauges = StoreGauges(runtime.sessions, lambda: tuple(runtime.agents_replicas))
+        exposition.serve_on_port(settings.metrics_host, settings.metrics_port, gauges)
     except OSError as exc:
         typer.echo(f"error: cannot serve metrics on port {settings.metrics_port}: {exc}", err=True)
         raise typer.Exit(1) from None
