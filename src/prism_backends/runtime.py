@@ -41,6 +41,9 @@ class Runtime:
     settings: Settings
     # Provider configurations made at start (a local manager's), beside the files'.
     extra_providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    # The replicas of the agents endpoints this process runs while they run: its
+    # /metrics shows each one's connected agents, 0 as well.
+    agents_replicas: set[str] = field(default_factory=set)
 
     @cached_property
     def engine(self) -> Engine:

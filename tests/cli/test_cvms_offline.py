@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from prism_backends.cli import connection, cvm_views
-from prism_backends.client.models import CVMOut, StatSample
+from prism_backends.client.models import CVMOut, EventOut, StatSample
 from tests.client.test_client_unit import TOKEN, cvm, token_for
 
 
@@ -119,6 +119,32 @@ def test_the_wait_prints_a_line_per_change_off_a_terminal() -> None:
         "state provisioned, status running",
     ]
     assert "\x1b" not in out.getvalue()
+
+
+def _event(number: int, kind: str, level: str, message: str) -> EventOut:
+    return EventOut(
+        id=str(number), cvm_id="c", kind=kind, timestamp="2026-12-02T05:27:48Z",
+        received_at="2026-12-02T05:27:48Z", level=level, message=message, computation_id="",
+        details={},
+    )  # fmt: skip
+
+
+def test_followed_events_keep_the_columns_of_the_table() -> None:
+    out = io.StringIO()
+    follower = cvm_views.EventFollower(Console(file=out, force_terminal=False, width=200))
+    follower.print([_event(8, "log", "info", "agent started")])
+    follower.print([])
+    follower.print([_event(9, "connected", "", "agent connected")])
+    follower.print([_event(10, "disconnected", "warn", "agent disconnected")])
+    follower.print([_event(11, "a-kind-of-its-own", "error", "later rows widen a column")])
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["id", "received", "kind", "level", "message"]
+    assert len(lines) == 5  # one header; an empty look prints nothing
+    starts = [lines[0].index(name) for name in ("received", "kind", "level", "message")]
+    for line in lines[1:4]:
+        assert [line.index(word) for word in line.split()[1:3]] == starts[:2], line
+        assert line.index("agent") == starts[3], line
+    assert lines[4].index("later") > starts[3]
 
 
 def test_control_characters_from_agents_are_shown_not_sent() -> None:

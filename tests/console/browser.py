@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from playwright.sync_api import (
     Browser,
@@ -20,9 +22,20 @@ from playwright.sync_api import (
 )
 from playwright.sync_api import Error as PlaywrightError
 
-__all__ = ["Browser", "BrowserContext", "Page", "PlaywrightError", "chromium_path", "launch"]
+__all__ = [
+    "Browser",
+    "BrowserContext",
+    "Page",
+    "PlaywrightError",
+    "PlaywrightThread",
+    "chromium_path",
+    "launch",
+]
 
 CHROMIUM_ENV = "PRISM_BACKENDS_TEST_CHROMIUM"
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def chromium_path() -> str | None:
@@ -45,6 +58,32 @@ def launch(executable: str) -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+class PlaywrightThread:
+    """Playwright's sync API on a thread of its own, for a browser that outlives a test.
+
+    While sync_playwright is open, the asyncio loop it drives counts as running on
+    the thread that opened it, so there every asyncio.run (in any later test) would
+    refuse to start. Its objects work only on that thread: whatever touches them
+    goes through ``call``."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="playwright")
+        self._opened = ExitStack()
+
+    def launch(self, executable: str) -> Browser:
+        return self.call(self._opened.enter_context, launch(executable))
+
+    def call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)`` on the Playwright thread; its result or its error."""
+        return self._thread.submit(function, *args, **kwargs).result()
+
+    def close(self) -> None:
+        try:
+            self.call(self._opened.close)
+        finally:
+            self._thread.shutdown()
 
 
 def watch(page: Page) -> list[str]:

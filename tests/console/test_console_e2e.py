@@ -56,6 +56,43 @@ def _create(service: Service, name: str) -> str:
     return cvm_id
 
 
+# How much of a select's content box its drop-down arrow takes (Chromium's, with room to spare).
+SELECT_ARROW_PX = 24
+# The uptime chart's span when its samples are a second apart.
+SPAN_OF_SECONDS = re.compile(r"^(1 sample|\d+ (s|min) of samples)$")
+# A pill around its words: its padding, its dot and the gap after it (about 33 px).
+PILL_CHROME_PX = 40
+
+
+def _select_shows_its_choice_whole(page: Page, label: str) -> None:
+    shown = page.get_by_label(label).evaluate(
+        """(select) => {
+          const style = getComputedStyle(select);
+          const pen = document.createElement("canvas").getContext("2d");
+          pen.font = style.font;
+          const text = select.options[select.selectedIndex].text;
+          const room = select.clientWidth - parseFloat(style.paddingLeft)
+            - parseFloat(style.paddingRight);
+          return { text, width: pen.measureText(text).width, room };
+        }"""
+    )
+    assert shown["width"] + SELECT_ARROW_PX <= shown["room"], f"{label}: {shown} is cut"
+
+
+def _pills_fit_their_words(page: Page) -> None:
+    sizes = page.evaluate(
+        """() => [...document.querySelectorAll(".pill")].map((pill) => {
+          const words = document.createRange();
+          words.selectNodeContents(pill);
+          return [pill.textContent, pill.getBoundingClientRect().width,
+                  words.getBoundingClientRect().width];
+        })"""
+    )
+    assert sizes
+    for text, width, words in sizes:
+        assert width <= words + PILL_CHROME_PX, f"the {text!r} pill is {width} px wide"
+
+
 def _refused_token(token: str) -> str:
     """The same claims (so the console cannot tell) with a signature that fails."""
     head, claims, signature = token.split(".")
@@ -125,6 +162,7 @@ def test_a_cvm_from_the_form_to_its_deletion(service: Service, context: BrowserC
     assert offered == [entry["name"] for entry in offerings["providers"]]
     external = next(entry for entry in offerings["providers"] if entry["name"] == "external")
     page.get_by_label("Provider").select_option("external")
+    _select_shows_its_choice_whole(page, "Provider")
     platforms = page.get_by_label("Platform").locator("option")
     expect(platforms).to_have_count(len(external["platforms"]))
     page.get_by_label("Platform").select_option("sev-snp")
@@ -215,6 +253,8 @@ def test_a_cvm_from_the_form_to_its_deletion(service: Service, context: BrowserC
     expect(online).not_to_have_text("0")
     card = page.locator(".chart-card", has=page.get_by_role("link", name=name, exact=True))
     expect(card.locator("svg.chart")).to_be_visible()
+    # Samples a second apart here: the axis says how long they cover, not a day.
+    expect(card.locator(".chart-span")).to_have_text(SPAN_OF_SECONDS)
     card.get_by_role("link", name=name, exact=True).click()
 
     # Delete asks first; Escape or Cancel keeps the CVM.
@@ -253,6 +293,9 @@ def test_the_pages_fit_a_phone(service: Service, context: BrowserContext) -> Non
             expect(page.get_by_role("table", name="Agent certificates")).to_be_visible()
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375, f"{route} scrolls sideways ({width} px)"
+        if route != "#/create":
+            expect(page.locator(".pill").first).to_be_visible()
+            _pills_fit_their_words(page)
     # Keyboard: a page opens with the focus on its heading; Tab goes on to its actions.
     expect(page.get_by_role("heading", level=1)).to_be_focused()
     page.keyboard.press("Tab")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -165,7 +166,9 @@ def test_terminal_failure_fails_the_cvm_and_cleans_up_a_partial_machine(
     assert provider.ledger.deletions == [cvm_id]
 
 
-def test_delete_tears_down_and_retries_until_done(rt: Runtime, provider: MemoryProvider) -> None:
+def test_delete_tears_down_and_retries_until_done(
+    rt: Runtime, provider: MemoryProvider, caplog: pytest.LogCaptureFixture
+) -> None:
     cvm_id = pending_cvm(rt.sessions)
     _drain(rt)
     provider.delete_failures = [RetryableProviderError("Throttling"), TerminalProviderError("x")]
@@ -173,11 +176,18 @@ def test_delete_tears_down_and_retries_until_done(rt: Runtime, provider: MemoryP
         from prism_backends.cvms import repository
 
         assert repository.mark_deleted(session, "dom-1", cvm_id, utcnow())
-    _drain(rt)
+    with caplog.at_level(logging.INFO, logger="prism_backends.lifecycle.worker"):
+        _drain(rt)
     row = cvm_row(rt.sessions, cvm_id)
     assert (row.state, row.status) == ("deleted", "inactive")
     assert row.deleted_at is not None
     assert provider.ledger.live == {}
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"CVM {cvm_id}")]
+    assert said == [
+        f"CVM {cvm_id} (aws): retry: Throttling",
+        f"CVM {cvm_id} (aws): retry: x",
+        f"CVM {cvm_id} (aws): deleted",
+    ]
 
 
 def test_delete_during_provisioning_wins(rt: Runtime, provider: MemoryProvider) -> None:

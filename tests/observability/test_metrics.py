@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from prism_backends.agents.models import AgentSession
+from prism_backends.agents.runner import AgentsThread
 from prism_backends.config import Settings
 from prism_backends.db.base import utcnow
 from prism_backends.db.engine import unit_of_work
@@ -33,6 +34,7 @@ from tests.conftest import TokenFactory, auth
 from tests.factories import pending_cvm
 from tests.fakes.memory_provider import MemoryProvider
 from tests.observability.scrape import Samples, labelled, moved, parse, value
+from tests.served import free_port
 
 DOMAIN = "dom-1"
 
@@ -144,6 +146,26 @@ def test_store_gauges_count_cvms_agents_queue_and_sampler(
     assert value(after, "backends_lifecycle_queue_oldest_due_seconds") >= 0
     assert value(after, "backends_sampler_lag_seconds") == pytest.approx(2.0)
     assert value(after, "backends_sampler_last_sample_age_seconds") >= 30
+
+
+def test_an_agents_replica_with_no_agent_connected_shows_0(
+    make_settings: Callable[..., Settings],
+) -> None:
+    runtime = Runtime(make_settings(agents_host="127.0.0.1", agents_port=free_port()))
+    agents = AgentsThread(runtime)
+    try:
+        with TestClient(create_app(runtime)) as client:
+            assert labelled(_scrape(client), "backends_agents_connected") == []  # none here
+            agents.start()
+            here = agents.endpoint.hub.replica
+            scraped = _scrape(client)
+            assert labelled(scraped, "backends_agents_connected") == [{"replica": here}]
+            assert value(scraped, "backends_agents_connected", replica=here) == 0
+            agents.stop()
+            assert labelled(_scrape(client), "backends_agents_connected") == []
+    finally:
+        agents.stop()
+        runtime.close()
 
 
 def test_evidence_is_counted_by_outcome_and_kind_of_reason(
@@ -279,5 +301,6 @@ def test_the_grafana_dashboard_reads_only_metrics_the_service_exports(
         for metric in family.describe():
             suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
             exported.update(metric.name + s for s in suffixes.get(metric.type, ("",)))
-    exported.update({"backends_cvms", "backends_agents_connected"})  # no rows, no series
+    # No rows (and, for agents, no agents endpoint in this process): no series.
+    exported.update({"backends_cvms", "backends_agents_connected"})
     assert queried and queried <= exported, queried - exported

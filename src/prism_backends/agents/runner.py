@@ -16,6 +16,7 @@ class AgentsThread:
     """The endpoint on a private event loop, so it can live beside uvicorn's."""
 
     def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
         self.endpoint = AgentsEndpoint(
             runtime.settings, runtime.sessions, runtime.agent_ca, runtime.appraiser
         )
@@ -25,11 +26,14 @@ class AgentsThread:
     def start(self) -> int:
         self._thread.start()
         started: Future[int] = asyncio.run_coroutine_threadsafe(self.endpoint.start(), self._loop)
-        return started.result(timeout=30)
+        port = started.result(timeout=30)
+        self._runtime.agents_replicas.add(self.endpoint.hub.replica)
+        return port
 
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
+        self._runtime.agents_replicas.discard(self.endpoint.hub.replica)
         asyncio.run_coroutine_threadsafe(self.endpoint.stop(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -41,9 +45,11 @@ async def serve_forever(runtime: Runtime) -> None:
         runtime.settings, runtime.sessions, runtime.agent_ca, runtime.appraiser
     )
     await endpoint.start()
+    runtime.agents_replicas.add(endpoint.hub.replica)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
+    runtime.agents_replicas.discard(endpoint.hub.replica)
     await endpoint.stop()

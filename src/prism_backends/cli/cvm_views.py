@@ -84,13 +84,43 @@ def cvm_details(cvm: CVMOut) -> Table:
 
 
 def event_table(events: Iterable[EventOut]) -> Table:
-    table = Table(
-        "id", "received", "kind", "level", "message", box=None, pad_edge=False,
-        header_style="bold",
-    )  # fmt: skip
+    table = Table(*EVENT_COLUMNS, box=None, pad_edge=False, header_style="bold")
     for event in events:
         table.add_row(*event_row(event))
     return table
+
+
+EVENT_COLUMNS = ("id", "received", "kind", "level", "message")
+# What a column of a followed table is at least as wide as: the service's own kinds
+# and the agents' levels, so that the usual rows to come do not shift it.
+EVENT_MIN_WIDTHS = (0, 0, len("disconnected"), len("debug"), 0)
+
+
+class EventFollower:
+    """``events --follow`` for people: the rows of ``event_table``, printed as they
+    come, in its columns. A column keeps the widest width it has had (a longer id
+    or kind widens it from there on); the header is printed once, above the first."""
+
+    def __init__(self, shown: Console) -> None:
+        self._shown = shown
+        pairs = zip(EVENT_COLUMNS, EVENT_MIN_WIDTHS, strict=True)
+        self._widths = [max(len(name), least) for name, least in pairs]
+        self._header = True
+
+    def print(self, events: Iterable[EventOut]) -> None:
+        rows = [event_row(event) for event in events]
+        if not rows and not self._header:
+            return
+        for row in rows:
+            for index, cell in enumerate(row[:-1]):
+                self._widths[index] = max(self._widths[index], len(cell))
+        table = Table(box=None, pad_edge=False, header_style="bold", show_header=self._header)
+        for name, width in zip(EVENT_COLUMNS, self._widths, strict=True):
+            table.add_column(name, min_width=width if name != "message" else None)
+        for row in rows:
+            table.add_row(*row)
+        show(self._shown, table)
+        self._header = False
 
 
 def event_row(event: EventOut) -> tuple[str, str, str, str, str]:

@@ -397,14 +397,15 @@ def events(
             else:
                 views.show(views.console(), views.event_table(reversed(page.events)))
             return
+        follower = views.EventFollower(views.console())
         oldest_first = list(reversed(page.events))
-        _print_events(oldest_first, output)
+        _print_events(oldest_first, output, follower)
         last = max((int(event.id) for event in page.events), default=0)
         try:
             while True:
                 time.sleep(poll)
                 fresh = _events_after(api, cvm_id, last)
-                _print_events(fresh, output)
+                _print_events(fresh, output, follower)
                 last = max((int(event.id) for event in fresh), default=last)
         except KeyboardInterrupt:
             return
@@ -420,12 +421,10 @@ def _events_after(api: Client, cvm_id: str, last: int) -> list[EventOut]:
     return list(reversed(fresh))
 
 
-def _print_events(events: list[EventOut], output: Output) -> None:
+def _print_events(events: list[EventOut], output: Output, follower: views.EventFollower) -> None:
     if output is Output.JSON:
         for event in events:
             sys.stdout.write(json.dumps(dump(event)) + "\n")
     else:
-        shown = views.console()
-        for event in events:
-            shown.print("  ".join(views.event_row(event)))
+        follower.print(events)
     sys.stdout.flush()

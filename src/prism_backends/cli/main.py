@@ -42,7 +42,7 @@ from prism_backends.cli.signin import offers_sign_in_link, print_sign_in_link
 from prism_backends.cli.tenant import tenant_app
 from prism_backends.config import Settings
 from prism_backends.console.signin import SignInCodes
-from prism_backends.datadir import DataDirError
+from prism_backends.datadir import DataDirError, prepare_data_dir, private_directory
 from prism_backends.db import migrate as migrations
 from prism_backends.db.backup import backup as backup_sqlite
 from prism_backends.http import access_log
@@ -106,6 +106,11 @@ def _runtime(settings: Settings, *, share_metrics: bool = False) -> Runtime:
     agents), whose metrics any sibling's ``/metrics`` adds up."""
     setup_logging(settings.log_level, settings.log_format)
     if share_metrics and settings.metrics_enabled:
+        if settings.metrics_dir is None:
+            # DATA_DIR/metrics: the data directory first, or making its
+            # subdirectory would make it too, with the umask's mode.
+            prepare_data_dir(settings.data_dir)
+        private_directory(settings.effective_metrics_dir, "the metrics directory")
         exposition.share_between_processes(settings.effective_metrics_dir)
     return Runtime(settings)
 
@@ -115,9 +120,8 @@ def _serve_metrics_port(runtime: Runtime) -> None:
     if settings.metrics_port is None or not settings.metrics_enabled:
         return
     try:
-        exposition.serve_on_port(
-            settings.metrics_host, settings.metrics_port, StoreGauges(runtime.sessions)
-        )
+        gauges = StoreGauges(runtime.sessions, lambda: tuple(runtime.agents_replicas))
+        exposition.serve_on_port(settings.metrics_host, settings.metrics_port, gauges)
     except OSError as exc:
         typer.echo(f"error: cannot serve metrics on port {settings.metrics_port}: {exc}", err=True)
         raise typer.Exit(1) from None

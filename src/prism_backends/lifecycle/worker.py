@@ -193,7 +193,8 @@ class LifecycleWorkers:
                 if time.monotonic() > recorded_by or self._stop.is_set():
                     raise
                 self._stop.wait(min(1.0, self._settings.poll_seconds))
-        log.info("CVM %s (%s): %s %s", work.id, work.provider, outcome.kind, outcome.reason)
+        said = f"{outcome.kind}: {outcome.reason}" if outcome.reason else outcome.kind
+        log.info("CVM %s (%s): %s", work.id, work.provider, said)
 
     def _record(
         self, work: queue.Work, outcome: reconciler.Outcome, now: datetime, delay: float

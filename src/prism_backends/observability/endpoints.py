@@ -28,7 +28,8 @@ def install_observability(app: FastAPI, runtime: Runtime) -> None:
     """The routes, and the request middleware: call last, so that it runs first."""
     base = runtime.settings.base_path
     latency = LatencyWindow()
-    scraped = exposition.registry(latency, StoreGauges(runtime.sessions))
+    gauges = StoreGauges(runtime.sessions, lambda: tuple(runtime.agents_replicas))
+    scraped = exposition.registry(latency, gauges)
 
     async def metrics() -> Response:
         # The store's gauges are read with a blocking session: off the event loop.

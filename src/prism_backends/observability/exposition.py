@@ -27,9 +27,9 @@ GO_KIT_COUNTERS = {"backends_api_request_count"}
 
 
 def share_between_processes(directory: Path) -> None:
-    """Keep this process's values in ``directory``, beside its siblings'. Before
-    any metric is made (``instruments`` makes them on first use)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Keep this process's values in ``directory`` (which exists: the caller
+    makes it private), beside its siblings'. Before any metric is made
+    (``instruments`` makes them on first use)."""
     _forget_gone_processes(directory)
     os.environ[MULTIPROCESS_ENV] = str(directory)
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]

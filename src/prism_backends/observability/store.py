@@ -3,14 +3,16 @@ deployment, whichever process changed it (CVMs by provider, state and
 status; agents connected per replica; the lifecycle queue; the sampler).
 
 One short transaction per scrape, a handful of grouped counts over indexed
-columns. When the store cannot be reached the gauges are left out and
-``backends_store_up`` says 0: a scrape never fails for it.
+columns. The agents replicas of the scraped process are shown with 0 agents
+too, so that "none connected here" is a series, not a missing one. When the
+store cannot be reached the gauges are left out and ``backends_store_up`` says
+0: a scrape never fails for it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -28,14 +30,20 @@ log = logging.getLogger(__name__)
 
 
 class StoreGauges(Collector):
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        local_replicas: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
+        """``local_replicas``: the agents replicas this process runs, at scrape time."""
         self._sessions = sessions
+        self._local_replicas = local_replicas
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("backends_store_up", "1 when the store answered this scrape.")
         try:
             with self._sessions() as session:
-                families = list(_families(session, utcnow()))
+                families = list(_families(session, utcnow(), set(self._local_replicas())))
         except SQLAlchemyError as exc:
             log.warning("metrics: the store did not answer: %s", type(exc).__name__)
             up.add_metric([], 0)
@@ -46,7 +54,7 @@ class StoreGauges(Collector):
         yield from families
 
 
-def _families(session: Session, now: datetime) -> Iterator[Metric]:
+def _families(session: Session, now: datetime, local_replicas: set[str]) -> Iterator[Metric]:
     cvms = GaugeMetricFamily(
         "backends_cvms", "CVMs not yet deleted, by provider, state and status.",
         labels=["provider", "state", "status"],
@@ -59,7 +67,9 @@ def _families(session: Session, now: datetime) -> Iterator[Metric]:
         "backends_agents_connected", "Agents with an open stream, by agents replica.",
         labels=["replica"],
     )  # fmt: skip
-    for replica, count in agent_repository.open_sessions_by_replica(session, now):
+    counts = dict.fromkeys(local_replicas, 0)
+    counts.update(agent_repository.open_sessions_by_replica(session, now))
+    for replica, count in sorted(counts.items()):
         agents.add_metric([replica], count)
     yield agents
 

@@ -1,9 +1,11 @@
 // Uptime as an inline SVG bar chart: the samples of /statistics (each says
 // whether the agent was up at that moment) in equal time buckets, each bar as
-// tall as the fraction of its samples that were up.
+// tall as the fraction of its samples that were up. The chart spans the first
+// sample to the last, not the window asked for (a CVM younger than it, or
+// samples seconds apart, cover less): the axis says how long that is.
 
 import { h, s } from "./dom.js";
-import { formatClock, parseTime, percent } from "./format.js";
+import { formatClock, formatSpan, parseTime, percent } from "./format.js";
 
 const WIDTH = 480;
 const HEIGHT = 88;
@@ -15,7 +17,7 @@ export function bucketize(samples, count = 48) {
     .map((sample) => ({ at: parseTime(sample.timestamp), up: Boolean(sample.status) }))
     .filter((point) => point.at)
     .sort((a, b) => a.at - b.at);
-  if (points.length === 0) return { buckets: [], start: null, end: null };
+  if (points.length === 0) return { buckets: [], start: null, end: null, count: 0 };
   const start = points[0].at.getTime();
   const end = points[points.length - 1].at.getTime();
   const slots = Math.min(count, points.length);
@@ -26,12 +28,12 @@ export function bucketize(samples, count = 48) {
     buckets[index].total += 1;
     if (point.up) buckets[index].up += 1;
   }
-  return { buckets, start: new Date(start), end: new Date(end) };
+  return { buckets, start: new Date(start), end: new Date(end), count: points.length };
 }
 
 /** The chart and its time axis; `label` names the CVM for assistive technology. */
 export function uptimeChart(stats, label) {
-  const { buckets, start, end } = bucketize(stats.cvm_stats || []);
+  const { buckets, start, end, count } = bucketize(stats.cvm_stats || []);
   if (buckets.length === 0) {
     return h("p", { class: "empty small" }, "No uptime samples yet: the first arrives within one sampling interval.");
   }
@@ -79,7 +81,13 @@ export function uptimeChart(stats, label) {
       "div",
       { class: "chart-axis", "aria-hidden": "true" },
       h("span", {}, formatClock(start.toISOString())),
+      h("span", { class: "chart-span" }, spanLabel(count, end - start)),
       h("span", {}, formatClock(end.toISOString())),
     ),
   );
+}
+
+/** What the chart's width stands for: "41 s of samples". */
+function spanLabel(count, milliseconds) {
+  return count === 1 ? "1 sample" : `${formatSpan(milliseconds)} of samples`;
 }

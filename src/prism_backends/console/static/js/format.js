@@ -52,6 +52,17 @@ export function timeNode(text, { relativeToo = false } = {}) {
   return h("time", { datetime: text, title: text }, shown);
 }
 
+/** How long a stretch of time is, to the unit that matters: "41 s", "16 min", "5 h 20 min", "3 days". */
+export function formatSpan(milliseconds) {
+  const seconds = Math.max(0, Math.round(milliseconds / 1000));
+  if (seconds < 90) return `${seconds} s`;
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 90) return `${minutes} min`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) return minutes % 60 ? `${hours} h ${minutes % 60} min` : `${hours} h`;
+  return `${Math.round(hours / 24)} days`;
+}
+
 export function percent(fraction) {
   if (fraction === null || fraction === undefined || Number.isNaN(fraction)) return "–";
   const value = fraction * 100;

@@ -125,7 +125,7 @@ function form(offerings, navigate) {
         h("legend", {}, "Where it runs"),
         h(
           "div",
-          { class: "form-grid" },
+          { class: "form-fit" },
           field({ id: "create-provider", label: "Provider", control: provider }),
           field({ id: "create-platform", label: "Platform", control: platform }),
           field({ id: "create-vcpus", label: "vCPUs", control: vcpus }),
