@@ -22,7 +22,7 @@ def test_the_document_is_the_model_field_for_field_from_a_row_and_from_shown_col
         row = session.scalars(select(CVM).where(CVM.id == cvm_id)).one()
         row.attestation = b"\x01\x02evidence"
         session.flush()
-        shown = repository.shown_live(session, "dom-1", cvm_id)
+        shown = repository.shown_live(session.connection(), "dom-1", cvm_id)
         assert shown is not None
         from_row = cvm_document(row, row.attestation)
         from_shown = cvm_document(shown, shown.attestation)

@@ -46,7 +46,10 @@ def assert_tally_agrees(sessions: sessionmaker[Session]) -> None:
             for filters in FILTERS:
                 expected = counted(session, domain_id, filters)
                 got = tally.count(
-                    session, domain_id, status=filters.status, cc_platform=filters.cc_platform
+                    session.connection(),
+                    domain_id,
+                    status=filters.status,
+                    cc_platform=filters.cc_platform,
                 )
                 assert got == expected, (domain_id, filters)
 

@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.db import engine
-from prism_backends.db.engine import make_engine, unit_of_work
+from prism_backends.db.engine import make_engine, read_transaction, unit_of_work
 from prism_backends.errors import StoreUnavailable
 
 
@@ -60,3 +60,15 @@ def test_an_outage_is_one_log_line_every_few_seconds_with_a_count(
     lines = [r.getMessage() for r in caplog.records if "store unavailable" in r.getMessage()]
     assert len(lines) == 2
     assert lines[1].endswith("(and 99 more since the last line)")
+
+
+@pytest.mark.parametrize(
+    ("message", "raised"),
+    [("database is locked", StoreUnavailable), ("too many SQL variables", OperationalError)],
+)
+def test_read_transactions_tell_outages_apart_as_units_of_work_do(
+    message: str, raised: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "_outages", engine._OutageLog())
+    with pytest.raises(raised), read_transaction(make_engine("sqlite://")):
+        raise OperationalError("SELECT", {}, sqlite3.OperationalError(message))

@@ -15,7 +15,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from prism_backends.cvms.models import CVM
-from prism_backends.db.engine import make_engine, make_session_factory, unit_of_work
+from prism_backends.db.engine import (
+    make_engine,
+    make_session_factory,
+    read_transaction,
+    unit_of_work,
+)
 from prism_backends.db.migrate import upgrade
 from prism_backends.errors import StoreUnavailable
 from tests.factories import insert_cvm
@@ -68,3 +73,36 @@ def test_a_read_only_unit_cannot_write_and_the_next_writer_can(
     with unit_of_work(sessions, read_only=True) as session:
         assert session.scalar(select(CVM.name).where(CVM.id == cvm_id)) == "honest"
         assert session.scalar(select(func.count()).select_from(CVM)) == 1
+
+
+def test_a_read_transaction_reads_beside_a_writer_and_cannot_write(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The view and list routes' unit (a plain Connection) holds to the same."""
+    cvm_id = insert_cvm(sessions)
+    store = sessions.kw["bind"]
+    writing, done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with unit_of_work(sessions) as session:
+            session.execute(update(CVM).where(CVM.id == cvm_id).values(name="renamed"))
+            writing.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert writing.wait(10)
+    started = time.monotonic()
+    try:
+        with read_transaction(store) as connection:
+            name = connection.scalar(select(CVM.name).where(CVM.id == cvm_id))
+        waited = time.monotonic() - started
+    finally:
+        done.set()
+        thread.join()
+    assert name != "renamed"
+    assert waited < 1.0
+    with pytest.raises((StoreUnavailable, OperationalError)), read_transaction(store) as connection:
+        connection.execute(update(CVM).where(CVM.id == cvm_id).values(name="sneaky"))
+    with unit_of_work(sessions, read_only=True) as session:
+        assert session.scalar(select(CVM.name).where(CVM.id == cvm_id)) == "renamed"

@@ -7,6 +7,8 @@ configuration: whatever a token's header says is never trusted.
 
 from __future__ import annotations
 
+import binascii
+import functools
 import json
 import time
 import uuid
@@ -133,13 +135,9 @@ class TokenVerifier:
             )
 
     def _signing_key(self, token: str) -> _TrustedKey:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise Unauthenticated("the token is not a well-formed JWT") from exc
-        if header.get("alg") not in self._algorithms:
+        algorithm, kid = _alg_and_kid(token.partition(".")[0])
+        if algorithm not in self._algorithms:
             raise Unauthenticated("the token's signature algorithm is not accepted")
-        kid = header.get("kid")
         if isinstance(kid, str) and kid in self._keys:
             return self._keys[kid]
         if self._jwks_client is not None:
@@ -151,6 +149,23 @@ class TokenVerifier:
         if kid is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
         raise Unauthenticated("the token was not signed by a trusted key")
+
+
+@functools.lru_cache(maxsize=64)
+def _alg_and_kid(header_segment: str) -> tuple[object, object]:
+    """``alg`` and ``kid`` of a token's header (its first segment), unverified.
+
+    Every token of one issuer carries the same header, so each is decoded once
+    (jwt.get_unverified_header would decode the whole token, which
+    jwt.decode decodes again). jwt.decode checks the token whole afterwards.
+    """
+    try:
+        header = json.loads(jwt.utils.base64url_decode(header_segment))
+    except (ValueError, binascii.Error) as exc:
+        raise Unauthenticated("the token is not a well-formed JWT") from exc
+    if not isinstance(header, dict):
+        raise Unauthenticated("the token is not a well-formed JWT")
+    return header.get("alg"), header.get("kid")
 
 
 def _principal_from(claims: Mapping[str, Any]) -> Principal:

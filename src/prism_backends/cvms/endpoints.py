@@ -1,7 +1,8 @@
 """The six CVM routes. Each parses, opens the transaction, calls one service
-function with the principal and the session, and returns a schema, or for the
-routes that show CVMs the JSON of ``cvm_document`` directly (their
-``response_model`` documents it; docs/architecture.md, "Request path")."""
+function with the principal and the session (view and list: a plain
+Connection, as they read rows alone), and returns a schema, or for the routes
+that show CVMs the JSON of ``cvm_document`` directly (their ``response_model``
+documents it; docs/architecture.md, "Request path")."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from prism_backends.cvms.schemas import (
     cvm_document,
     rfc3339,
 )
-from prism_backends.db.engine import unit_of_work
+from prism_backends.db.engine import read_transaction, unit_of_work
 from prism_backends.errors import CreatedConcurrently
 from prism_backends.http.deps import DomainQuery, PrincipalDep, RuntimeDep, read_body
 from prism_backends.http.responses import COMMON_ERRORS, error_responses
@@ -126,10 +127,10 @@ def list_cvms(
     ] = None,
 ) -> Response:
     service.check_domain(domain_id, domain_query)
-    with unit_of_work(runtime.sessions, read_only=True) as session:
+    with read_transaction(runtime.engine) as connection:
         listing = service.list_cvms(
             principal,
-            session,
+            connection,
             domain_id=domain_id,
             limit=limit,
             offset=offset,
@@ -160,8 +161,8 @@ def view_cvm(
     domain_query: DomainQuery = None,
 ) -> Response:
     service.check_domain(domain_id, domain_query)
-    with unit_of_work(runtime.sessions, read_only=True) as session:
-        cvm = service.get_cvm(principal, session, domain_id=domain_id, cvm_id=cvm_id)
+    with read_transaction(runtime.engine) as connection:
+        cvm = service.get_cvm(principal, connection, domain_id=domain_id, cvm_id=cvm_id)
     return JSONResponse(cvm_document(cvm, cvm.attestation))
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, Select, bindparam, func, select, update
+from sqlalchemy import Connection, Row, Select, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -77,11 +77,11 @@ _SHOWN_LIVE = select(*_SHOWN, _CVMS.c.attestation).where(
 )
 
 
-def shown_live(session: Session, domain_id: str, cvm_id: str) -> ShownCVM | None:
+def shown_live(connection: Connection, domain_id: str, cvm_id: str) -> ShownCVM | None:
     """What the view route shows of a live CVM of this domain, evidence included."""
     if not is_cvm_id(cvm_id):
         return None
-    return session.execute(_SHOWN_LIVE, {"domain_id": domain_id, "cvm_id": cvm_id}).first()
+    return connection.execute(_SHOWN_LIVE, {"domain_id": domain_id, "cvm_id": cvm_id}).first()
 
 
 def get_live(session: Session, domain_id: str, cvm_id: str) -> CVM | None:
@@ -127,7 +127,7 @@ def add(session: Session, cvm: CVM) -> None:
 
 
 def list_page(
-    session: Session,
+    connection: Connection,
     domain_id: str,
     filters: ListFilters,
     *,
@@ -143,19 +143,19 @@ def list_page(
     """
     shape = _Shape.of(filters)
     values = {**shape.values(domain_id, filters), "limit": limit, "offset": offset}
-    page = session.execute(_page_statement(shape, with_evidence), values).all()
-    return list(page), count_matching(session, domain_id, filters)
+    page = connection.execute(_page_statement(shape, with_evidence), values).all()
+    return list(page), count_matching(connection, domain_id, filters)
 
 
-def count_matching(session: Session, domain_id: str, filters: ListFilters) -> int:
+def count_matching(connection: Connection, domain_id: str, filters: ListFilters) -> int:
     """Every match: from the domain's tally unless the filters reach past what
     it counts (a name or an age), where the store counts the rows."""
     if not filters.name and filters.created_after is None:
         return tally.count(
-            session, domain_id, status=filters.status, cc_platform=filters.cc_platform
+            connection, domain_id, status=filters.status, cc_platform=filters.cc_platform
         )
     shape = _Shape.of(filters)
-    return int(session.scalar(_count_statement(shape), shape.values(domain_id, filters)) or 0)
+    return int(connection.scalar(_count_statement(shape), shape.values(domain_id, filters)) or 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""What the CVM routes do. Each function takes the principal and the session;
-the caller owns the transaction."""
+"""What the CVM routes do. Each function takes the principal and the session
+(for view and list, which run Core statements alone, a plain Connection); the
+caller owns the transaction."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import ValidationError
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from prism_backends.agents import repository as agents_repository
@@ -251,7 +253,7 @@ class CVMListing:
 
 def list_cvms(
     principal: Principal,
-    session: Session,
+    connection: Connection,
     *,
     domain_id: str,
     limit: str | None,
@@ -279,7 +281,7 @@ def list_cvms(
     )
     with_evidence = _wants_evidence(include)
     rows, total = repository.list_page(
-        session,
+        connection,
         domain_id,
         filters,
         limit=page_limit,
@@ -331,11 +333,11 @@ def _parse_days(raw: str | None) -> datetime | None:
 
 
 def get_cvm(
-    principal: Principal, session: Session, *, domain_id: str, cvm_id: str
+    principal: Principal, connection: Connection, *, domain_id: str, cvm_id: str
 ) -> repository.ShownCVM:
     """What the view route shows of a live CVM."""
     principal.require(domain_id, Permission.READ)
-    cvm = repository.shown_live(session, domain_id, cvm_id)
+    cvm = repository.shown_live(connection, domain_id, cvm_id)
     if cvm is None:
         raise _not_found(domain_id, cvm_id)
     return cvm

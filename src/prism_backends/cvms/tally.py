@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, text
+from sqlalchemy import Connection, Select, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from prism_backends.cvms.models import CVMTally
@@ -21,7 +21,7 @@ FOLD_PAST = 64
 
 
 def count(
-    session: Session, domain_id: str, *, status: Status | None, cc_platform: Platform | None
+    connection: Connection, domain_id: str, *, status: Status | None, cc_platform: Platform | None
 ) -> int:
     """How many CVMs of the domain match: its live ones, or with
     ``status=inactive`` its deleted ones, optionally of one status and platform."""
@@ -33,7 +33,7 @@ def count(
     if cc_platform is not None:
         values["cc_platform"] = cc_platform.value
     statement = _count_statement(by_status, cc_platform is not None)
-    return int(session.scalar(statement, values) or 0)
+    return int(connection.scalar(statement, values) or 0)
 
 
 @functools.cache

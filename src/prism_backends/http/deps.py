@@ -2,21 +2,23 @@
 
 Both run on the event loop (``async``, with nothing to await): FastAPI runs a
 plain ``def`` dependency on the thread pool, a hop per dependency per request,
-and neither does I/O (a token is verified in memory, in about 0.3 ms)."""
+and neither does I/O (a token is verified in memory, in about 0.3 ms). Each
+dependency costs FastAPI a resolution of its own on every request, so the
+principal is one: it reads the runtime itself and is the OpenAPI document's
+bearer scheme too."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from prism_backends.auth.principal import Principal
 from prism_backends.errors import AppError, Unauthenticated
 from prism_backends.http.ratelimit import RequestLimits
 from prism_backends.runtime import Runtime
-
-_bearer = HTTPBearer(auto_error=False, description="A JWT from `prism-backends token issue`.")
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -24,23 +26,31 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-async def get_principal(
-    request: Request,
-    runtime: Annotated[Runtime, Depends(get_runtime)],
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    header = request.headers.get("authorization")
-    if not header:
-        raise Unauthenticated("missing Authorization: Bearer <token> header")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-    principal = runtime.verifier.verify(token)
-    limits: RequestLimits = request.app.state.limits
-    limits.check_principal(request.client.host if request.client else None, principal.subject)
-    return principal
+class BearerPrincipal(SecurityBase):
+    """The principal behind ``Authorization: Bearer <token>`` (401 without a
+    valid one), past the token subject's rate (429). As a ``SecurityBase`` the
+    OpenAPI document shows it as the ``HTTPBearer`` scheme."""
 
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(description="A JWT from `prism-backends token issue`.")
+        self.scheme_name = "HTTPBearer"
+
+    async def __call__(self, request: Request) -> Principal:
+        header = request.headers.get("authorization")
+        if not header:
+            raise Unauthenticated("missing Authorization: Bearer <token> header")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+        runtime: Runtime = request.app.state.runtime
+        principal = runtime.verifier.verify(token)
+        limits: RequestLimits = request.app.state.limits
+        limits.check_principal(request.client.host if request.client else None, principal.subject)
+        return principal
+
+
+get_principal = BearerPrincipal()
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 DomainQuery = Annotated[
