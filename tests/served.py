@@ -32,6 +32,7 @@ from tests.conftest import POSTGRES_ENV
 T = TypeVar("T")
 
 DOMAIN = "e2e"
+CHECKOUT = Path(__file__).resolve().parents[1]
 STATS_INTERVAL = 1.0
 HEARTBEAT = 1.0
 OFFLINE_AFTER = 3.0
@@ -130,6 +131,9 @@ class Processes:
     tmp: Path
     pycache: Path
     database_url: str | None = None
+    # The module run as ``prism-backends``: the package, or a test's wrapper around
+    # its command line (tests.console.attested), importable from the checkout.
+    entry: str = "prism_backends"
     data_dir: Path = field(init=False)
     every: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: list[IO[bytes]] = field(default_factory=list)
@@ -150,6 +154,8 @@ class Processes:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
         env["PRISM_BACKENDS_DATA_DIR"] = str(self.data_dir)
+        if self.entry != "prism_backends":
+            env["PYTHONPATH"] = str(CHECKOUT)
         if self.database_url is not None:
             env["PRISM_BACKENDS_DATABASE_URL"] = self.database_url
         env.update(SHORT_SETTINGS)
@@ -158,7 +164,7 @@ class Processes:
     def run(self, *args: str) -> str:
         """Run one command to completion; its stdout."""
         done = subprocess.run(
-            [sys.executable, "-m", "prism_backends", *args],
+            [sys.executable, "-m", self.entry, *args],
             cwd=self.tmp,
             env=self.env(),
             capture_output=True,
@@ -178,7 +184,7 @@ class Processes:
         log.write(f"# {datetime.now()} prism-backends {' '.join(args)}\n".encode())
         log.flush()
         process = subprocess.Popen(
-            [sys.executable, "-m", "prism_backends", *args],
+            [sys.executable, "-m", self.entry, *args],
             cwd=self.tmp,
             env=self.env(),
             stdin=subprocess.DEVNULL,

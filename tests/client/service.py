@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,14 +76,38 @@ def _store(backend: str) -> Iterator[str | None]:
 def service(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pycache: Path
 ) -> Iterator[Service]:
+    yield from serving(request, tmp_path_factory, pycache)
+
+
+def serving(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pycache: Path,
+    entry: Entry | None = None,
+) -> Iterator[Service]:
+    """The body of a ``service`` fixture on the store ``request.param`` names."""
     if request.param == "postgres" and not postgres_base_url():
         pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV}")
     with _store(request.param) as database_url:
-        yield from _served(tmp_path_factory.mktemp("served"), pycache, database_url)
+        yield from _served(tmp_path_factory.mktemp("served"), pycache, database_url, entry)
 
 
-def _served(tmp: Path, pycache: Path, database_url: str | None) -> Iterator[Service]:
+@dataclass(frozen=True)
+class Entry:
+    """A test's wrapper around the command line (``Processes.entry``) and what it
+    needs in the data directory before the service starts."""
+
+    module: str
+    prepare: Callable[[Path], None]
+
+
+def _served(
+    tmp: Path, pycache: Path, database_url: str | None, entry: Entry | None = None
+) -> Iterator[Service]:
     processes = Processes(tmp, pycache, database_url=database_url)
+    if entry is not None:
+        processes.entry = entry.module
+        entry.prepare(processes.data_dir)
     providers = processes.data_dir / "providers"
     providers.mkdir()
     (providers / "snp-policy.json").write_bytes(POLICY)

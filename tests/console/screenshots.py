@@ -1,6 +1,8 @@
 """Screenshots of the console for the docs: a real ``serve`` on a temporary
-data directory, a few CVMs (one with its agent connected throughout, one whose
-agent went away, one waiting for its agent), and a PNG of each page.
+data directory, a few CVMs (one with its agent connected throughout and its
+evidence verified, one whose agent went away, one waiting for its agent), and a
+PNG of each page. The serve trusts the test-only AMD signer's roots, so the
+verified evidence needs no SEV-SNP machine (tests.console.attested).
 
 Run by ``scripts/screenshots [OUT_DIR]`` (default docs/screenshots)."""
 
@@ -17,6 +19,7 @@ import httpx
 from playwright.sync_api import ViewportSize, expect
 
 from tests.client.service import Service, _served
+from tests.console import attested
 from tests.console.browser import Page, chromium_path, launch, sign_in
 from tests.served import DOMAIN
 
@@ -46,11 +49,25 @@ class Seeder:
         config = self.http.get(f"/cvms/{cvm_id}/agent_config").raise_for_status().json()
         self.service.start_agent(label, config)
 
+    def attest(self, cvm_id: str) -> None:
+        """Its agent sends the test signer's evidence, which verifies (tests.console.attested)."""
+        config = self.http.get(f"/cvms/{cvm_id}/agent_config").raise_for_status().json()
+
+        def verified() -> bool:
+            cvm = self.http.get(f"/cvms/{cvm_id}").raise_for_status().json()
+            if cvm["attestation_error"]:
+                raise SystemExit(f"the seeded evidence was refused: {cvm['attestation_error']}")
+            return bool(cvm["attestation_token"])
+
+        report = attested.evidence(str(config["client_cert"]).encode())
+        attested.send_evidence(self.service.agents_port, config, report, verified)
+
     def seed(self) -> str:
         """The CVMs to show; the id of the one the details shots are of."""
         web = self.create("web-frontend", 4, "sev-snp", agent_log_level="info")
         batch = self.create("batch-worker", 8, "tdx", agent_log_level="debug")
         self.create("ml-inference", 16, "sev-snp", agent_url="10.0.4.12:7002")
+        self.attest(web)
         self.agent("agent-web", web)
         self.agent("agent-batch", batch)
         start = time.monotonic()
@@ -74,7 +91,7 @@ def shoot(page: Page, path: Path) -> None:
 @contextmanager
 def served(tmp: Path) -> Iterator[Service]:
     # _served is the fixture's generator: it yields the service, then stops it.
-    yield from _served(tmp, tmp / "pycache", None)
+    yield from _served(tmp, tmp / "pycache", None, attested.ENTRY)
 
 
 def main() -> None:
@@ -112,6 +129,7 @@ def main() -> None:
             page.goto(f"{console}#/cvms/{web}")
             expect(page.locator(".events li").first).to_be_visible()
             expect(page.locator("svg.chart")).to_be_visible()
+            expect(page.locator(".verdict")).to_contain_text("Verified")
             shoot(page, out / "details.png")
 
             phone = browser.new_context(viewport=PHONE, color_scheme="light", device_scale_factor=2)
@@ -119,6 +137,7 @@ def main() -> None:
             sign_in(small, console, service.token)
             small.goto(f"{console}#/cvms/{web}")
             expect(small.locator("svg.chart")).to_be_visible()
+            expect(small.locator(".verdict")).to_contain_text("Verified")
             small.get_by_role("status").evaluate("node => node.replaceChildren()")
             shoot(small, out / "details-phone.png")
 

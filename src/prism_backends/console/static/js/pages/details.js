@@ -3,13 +3,13 @@
 // uptime, its attestation verdict, the policy and agent configuration to
 // download, its agent certificates, and delete.
 
-import { ApiError, api, cvmPath, fromBase64, jwtClaims, saveBlob } from "../api.js";
+import { ApiError, api, cvmPath, fromBase64, saveBlob } from "../api.js";
 import { h, replace } from "../dom.js";
 import { uptimeChart } from "../chart.js";
+import { attestationView } from "../verdict.js";
 import {
   fileSafe,
   formatClock,
-  fromNow,
   parseTime,
   percent,
   platformLabel,
@@ -356,8 +356,11 @@ const KIND_TONES = {
 
 function eventItem(event) {
   const tone = event.level === "error" ? "error" : KIND_TONES[event.kind] || "";
+  // Scalars only: an appraisal's TCB and report fields are in the Attestation card,
+  // labelled, rather than dumped here as JSON.
   const detail = Object.entries(event.details || {})
-    .map(([key, value]) => `${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`)
+    .filter(([, value]) => value === null || typeof value !== "object")
+    .map(([key, value]) => `${key}: ${value}`)
     .join(" · ");
   return h(
     "li",
@@ -372,78 +375,6 @@ function eventItem(event) {
       detail ? h("span", { class: "sub muted small" }, ` ${detail}`) : null,
     ),
   );
-}
-
-// The verdict: the CVM's attestation token carries the claims of the latest
-// evidence that verified (signed by the service; /.well-known/jwks.json checks
-// it); attestation_error says why the latest evidence was refused.
-function attestationView(cvm, counts) {
-  const claims = cvm.attestation_token ? jwtClaims(cvm.attestation_token) : null;
-  const parts = [];
-  if (cvm.attestation_error) {
-    parts.push(
-      h(
-        "div",
-        { class: "verdict bad" },
-        h("div", {}, h("strong", {}, "Refused"), h("div", { class: "muted small" }, cvm.attestation_error)),
-      ),
-    );
-  } else if (claims) {
-    parts.push(
-      h(
-        "div",
-        { class: "verdict ok" },
-        h("div", {}, h("strong", {}, "Verified"), h("div", { class: "muted small" }, "The latest evidence verified against the policy.")),
-      ),
-    );
-  } else {
-    parts.push(
-      h(
-        "div",
-        { class: "verdict" },
-        h(
-          "div",
-          {},
-          h("strong", {}, "No evidence yet"),
-          h(
-            "div",
-            { class: "muted small" },
-            "The agent sends evidence when it runs on SEV-SNP or TDX hardware.",
-          ),
-        ),
-      ),
-    );
-  }
-  const rows = [];
-  const row = (label, value) => {
-    if (value === undefined || value === null || value === "") return;
-    rows.push(h("dt", {}, label), h("dd", {}, value));
-  };
-  if (counts) {
-    row("Verified", String(counts.verified));
-    row("Refused", String(counts.failed));
-    row("Last verified", timeNode(counts.last_verified_at, { relativeToo: true }));
-  }
-  if (cvm.attestation) row("Evidence", `${fromBase64(cvm.attestation).length} bytes`);
-  if (claims) {
-    row("Platform", platformLabel(claims.platform));
-    row("Measurement", h("code", {}, claims.measurement));
-    for (const [key, value] of Object.entries(claims.tcb || {})) row(`TCB ${key}`, h("code", {}, show(value)));
-    row("Policy digest", h("code", {}, claims.policy_digest));
-    row("Report data", h("code", {}, claims.eat_nonce));
-    for (const [key, value] of Object.entries(claims.claims || {})) row(key, h("code", {}, show(value)));
-    if (typeof claims.iat === "number") row("Token issued", timeNode(new Date(claims.iat * 1000).toISOString()));
-    if (typeof claims.exp === "number") {
-      const expires = new Date(claims.exp * 1000);
-      row("Token expires", `${expires.toLocaleString()} (${fromNow(expires)})`);
-    }
-  }
-  if (rows.length) parts.push(h("dl", { class: "kv" }, rows));
-  return parts;
-}
-
-function show(value) {
-  return typeof value === "string" || typeof value === "number" ? String(value) : JSON.stringify(value);
 }
 
 const CERT_TONES = { active: "ok", pending: "info", revoked: "bad", expired: "warn" };
