@@ -350,7 +350,9 @@ class Hub:
     def _crowded(self, gains: dict[str, tuple[int, int]]) -> list[str]:
         """CVMs that may reach a bound with these gains: trimmed in the same write."""
         crowded = []
-        for cvm_id in sorted(set(gains) | set(self._gained)):
+        # Only this batch's CVMs: one that gained nothing was found short of its
+        # bounds by an earlier flush (and _gained holds every CVM with events).
+        for cvm_id in sorted(gains):
             count, size = gains.get(cvm_id, (0, 0))
             before = self._gained.get(cvm_id, [0, 0])
             if self._bounds.crowded(before[0] + count, before[1] + size):

@@ -4,12 +4,13 @@ before any domain is known, and are marked system-scoped."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from prism_backends.agents.limits import EventBounds
@@ -96,13 +97,29 @@ class Presented:
     deleted: bool
 
 
+# A connect's statements, built once: a connect runs them in one transaction,
+# and building an ORM statement each time cost more CPU than running it.
+_CREDENTIALS = cast(Table, AgentCredential.__table__)
+_CVMS = cast(Table, CVM.__table__)
+_PRESENTED = (
+    select(_CREDENTIALS.c.cvm_id, _CVMS.c.domain_id, _CREDENTIALS.c.revoked_at, _CVMS.c.deleted_at)
+    .join(_CVMS, _CVMS.c.id == _CREDENTIALS.c.cvm_id)
+    .where(_CREDENTIALS.c.serial == bindparam("serial"))
+)
+_FIRST_PRESENTED = (
+    _CREDENTIALS.update()
+    .where(
+        _CREDENTIALS.c.cvm_id == bindparam("of_cvm"),
+        _CREDENTIALS.c.serial == bindparam("of_serial"),
+        _CREDENTIALS.c.presented_at.is_(None),
+    )
+    .values(presented_at=bindparam("now"))
+)
+
+
 def presented(session: Session, serial: str) -> Presented | None:
     """System-scoped: the CVM a certificate serial was issued to."""
-    row = session.execute(
-        select(AgentCredential.cvm_id, CVM.domain_id, AgentCredential.revoked_at, CVM.deleted_at)
-        .join(CVM, CVM.id == AgentCredential.cvm_id)
-        .where(AgentCredential.serial == serial)
-    ).first()
+    row = session.connection().execute(_PRESENTED, {"serial": serial}).first()
     if row is None:
         return None
     return Presented(
@@ -114,17 +131,10 @@ def note_presented(session: Session, cvm_id: str, serial: str, now: datetime) ->
     """System-scoped: the CVM's agent connected with this certificate. The first
     time it does, the CVM's older certificates still standing are revoked (the
     agent has moved on to this one); their serials are returned."""
-    first = session.execute(
-        update(AgentCredential)
-        .where(
-            AgentCredential.cvm_id == cvm_id,
-            AgentCredential.serial == serial,
-            AgentCredential.presented_at.is_(None),
-        )
-        .values(presented_at=now)
-        .execution_options(synchronize_session=False)
+    first = session.connection().execute(
+        _FIRST_PRESENTED, {"of_cvm": cvm_id, "of_serial": serial, "now": now}
     )
-    if not getattr(first, "rowcount", 0):
+    if not first.rowcount:
         return []
     this_one = select(AgentCredential.id).where(AgentCredential.serial == serial).scalar_subquery()
     older = (
@@ -200,12 +210,17 @@ def open_session(
     One upsert: a delete-then-insert raced a concurrent insert of the same
     CVM's row (a renewal reopening the stream that just ended), and the
     loser's unique violation ended the new stream."""
-    row = _session_row(cvm_id, replica, now, expires_at)
-    statement = upsert_insert(session)(AgentSession).values(row)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["cvm_id"], set_={k: v for k, v in row.items() if k != "cvm_id"}
-        )
+    statement = _open_session_statement(upsert_insert(session))
+    session.connection().execute(statement, _session_row(cvm_id, replica, now, expires_at))
+
+
+@functools.cache
+def _open_session_statement(insert_of: Any) -> Any:
+    """The upsert of a stream's row, built once per store dialect's insert."""
+    statement = insert_of(cast(Table, AgentSession.__table__))
+    columns = ("replica", "connected_at", "last_seen_at", "expires_at")
+    return statement.on_conflict_do_update(
+        index_elements=["cvm_id"], set_={name: statement.excluded[name] for name in columns}
     )
 
 
