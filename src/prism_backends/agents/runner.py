@@ -31,12 +31,15 @@ class AgentsThread:
         return port
 
     def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        self._runtime.agents_replicas.discard(self.endpoint.hub.replica)
-        asyncio.run_coroutine_threadsafe(self.endpoint.stop(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        """Stop the endpoint and close its loop (also when it never started);
+        calling it again does nothing."""
+        if self._thread.is_alive():
+            self._runtime.agents_replicas.discard(self.endpoint.hub.replica)
+            asyncio.run_coroutine_threadsafe(self.endpoint.stop(), self._loop).result(timeout=30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
 
 
 async def serve_forever(runtime: Runtime) -> None:
