@@ -84,9 +84,8 @@ def confirm(claim: Claim, session: Session) -> None:
 
 
 class AgentService(cvms_pb2_grpc.ServiceServicer):
-    def __init__(self, hub: Hub, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, hub: Hub) -> None:
         self._hub = hub
-        self._sessions = sessions
 
     async def Process(  # noqa: N802 - the name is the protocol's
         self,
@@ -283,7 +282,7 @@ class AgentsEndpoint:
             [(key, chain)], root_certificates=self._ca.cert_pem, require_client_auth=True
         )
         server = grpc.aio.server(options=server_options(share_port=settings.agents_share_port))
-        cvms_pb2_grpc.add_ServiceServicer_to_server(AgentService(self.hub, self._sessions), server)
+        cvms_pb2_grpc.add_ServiceServicer_to_server(AgentService(self.hub), server)
         address = f"{settings.agents_host}:{settings.agents_port}"
         try:
             self.port = server.add_secure_port(address, credentials)
