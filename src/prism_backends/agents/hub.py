@@ -340,8 +340,8 @@ class Hub:
         # second, and a pass over every stream's budget would cost a core.
         over, self._over_budget = self._over_budget, set()
         for cvm_id in sorted(over):
-            budget = self._budgets.get(cvm_id)
-            dropped = budget.take_dropped() if budget is not None else None
+            # Still there: a budget with drops to report is not idle, so not forgotten.
+            dropped = self._budgets[cvm_id].take_dropped()
             if dropped is not None:
                 self.record(
                     cvm_id, "rate_limited", level="warn", message=dropped.describe(self.limits)
@@ -352,8 +352,7 @@ class Hub:
         crowded = []
         # Only this batch's CVMs: one that gained nothing was found short of its
         # bounds by an earlier flush (and _gained holds every CVM with events).
-        for cvm_id in sorted(gains):
-            count, size = gains.get(cvm_id, (0, 0))
+        for cvm_id, (count, size) in sorted(gains.items()):
             before = self._gained.get(cvm_id, [0, 0])
             if self._bounds.crowded(before[0] + count, before[1] + size):
                 crowded.append(cvm_id)

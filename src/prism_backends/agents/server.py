@@ -95,7 +95,7 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
         ],
     ) -> AsyncIterator[cvms_pb2.ServerStreamMessage]:
         try:
-            claim = await self._claim(context)
+            claim = self._claim(context)
             if not self._hub.admit(claim.cvm_id):
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -131,7 +131,7 @@ class AgentService(cvms_pb2_grpc.ServiceServicer):
             reader.cancel()
             await self._hub.detach(connection)
 
-    async def _claim(
+    def _claim(
         self,
         context: grpc.aio.ServicerContext[
             cvms_pb2.ClientStreamMessage, cvms_pb2.ServerStreamMessage
