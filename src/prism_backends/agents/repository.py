@@ -10,19 +10,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from prism_backends.agents.limits import EventBounds
 from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSession
 from prism_backends.cvms.models import CVM
 from prism_backends.cvms.repository import is_cvm_id
+from prism_backends.db.base import insert_values
 from prism_backends.db.engine import one_of, upsert_insert
 from prism_backends.vocabulary import Status
 
 
 def add_credential(session: Session, credential: AgentCredential) -> None:
     session.add(credential)
+
+
+_INSERT_CREDENTIAL = insert(AgentCredential)
+
+
+def insert_credential(connection: Connection, credential: AgentCredential) -> None:
+    """The credential as one Core statement; its id is the store's, and not read back."""
+    connection.execute(_INSERT_CREDENTIAL, insert_values(credential, generated=("id",)))
 
 
 def revoke(session: Session, domain_id: str, cvm_id: str, now: datetime) -> None:

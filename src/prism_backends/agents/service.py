@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from prism_backends.agents import repository
@@ -34,8 +35,21 @@ class CredentialIssuer:
     def issue(
         self, session: Session, *, cvm_id: str, domain_id: str, now: datetime
     ) -> AgentCredential:
+        credential = self._new(cvm_id=cvm_id, domain_id=domain_id, now=now)
+        repository.add_credential(session, credential)
+        return credential
+
+    def issue_on(
+        self, connection: Connection, *, cvm_id: str, domain_id: str, now: datetime
+    ) -> AgentCredential:
+        """As ``issue``, as one Core insert: a create writes without an ORM Session."""
+        credential = self._new(cvm_id=cvm_id, domain_id=domain_id, now=now)
+        repository.insert_credential(connection, credential)
+        return credential
+
+    def _new(self, *, cvm_id: str, domain_id: str, now: datetime) -> AgentCredential:
         issued = self.ca.issue_client(cvm_id, domain_id, self.validity, now)
-        credential = AgentCredential(
+        return AgentCredential(
             cvm_id=cvm_id,
             serial=format(issued.serial, "x"),
             cert_pem=issued.cert_pem.decode(),
@@ -46,8 +60,6 @@ class CredentialIssuer:
             presented_at=None,
             expiry_warned_at=None,
         )
-        repository.add_credential(session, credential)
-        return credential
 
 
 @dataclass(frozen=True)

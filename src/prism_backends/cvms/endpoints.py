@@ -1,8 +1,9 @@
 """The six CVM routes. Each parses, opens the transaction, calls one service
-function with the principal and the session (view and list: a plain
-Connection, as they read rows alone), and returns a schema, or for the routes
-that show CVMs the JSON of ``cvm_document`` directly (their ``response_model``
-documents it; docs/architecture.md, "Request path")."""
+function with the principal and the session (view, list and create: a plain
+Connection, as they read rows or write whole ones alone), and returns a
+schema, or for the routes that show CVMs the JSON of ``cvm_document``
+directly (their ``response_model`` documents it; docs/architecture.md,
+"Request path")."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from prism_backends.cvms.schemas import (
     cvm_document,
     rfc3339,
 )
-from prism_backends.db.engine import read_transaction, unit_of_work
+from prism_backends.db.engine import read_transaction, unit_of_work, write_transaction
 from prism_backends.errors import CreatedConcurrently
 from prism_backends.http.deps import DomainQuery, PrincipalDep, RuntimeDep, read_body
 from prism_backends.http.responses import COMMON_ERRORS, error_responses
@@ -69,10 +70,10 @@ def create_cvm(
     service.check_domain(domain_id, domain_query)
 
     def create_once() -> service.CreateOutcome:
-        with unit_of_work(runtime.sessions) as session:
+        with write_transaction(runtime.engine) as connection:
             return service.create_cvm(
                 principal,
-                session,
+                connection,
                 catalog=runtime.catalog,
                 prices=runtime.prices,
                 credentials=runtime.credentials,

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, Select, bindparam, func, select, update
+from sqlalchemy import Connection, Row, Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from prism_backends.cvms import tally
 from prism_backends.cvms.models import CVM
-from prism_backends.db.base import UTCDateTime
+from prism_backends.db.base import UTCDateTime, insert_values
 from prism_backends.errors import CreatedConcurrently
 from prism_backends.vocabulary import Platform, State, Status
 
@@ -93,10 +93,16 @@ def get_live(session: Session, domain_id: str, cvm_id: str) -> CVM | None:
     ).first()
 
 
-def get_by_idempotency_key(session: Session, domain_id: str, key: str) -> CVM | None:
-    return session.scalars(
-        select(CVM).where(CVM.domain_id == domain_id, CVM.idempotency_key == key)
-    ).first()
+_BY_IDEMPOTENCY_KEY = select(*_SHOWN, _CVMS.c.attestation, _CVMS.c.request_digest).where(
+    _CVMS.c.domain_id == bindparam("domain_id"),
+    _CVMS.c.idempotency_key == bindparam("key"),
+)
+
+
+def shown_by_idempotency_key(connection: Connection, domain_id: str, key: str) -> ShownCVM | None:
+    """The CVM a create with this key made (deleted or not), as the view shows
+    it, with the digest of the request that made it."""
+    return connection.execute(_BY_IDEMPOTENCY_KEY, {"domain_id": domain_id, "key": key}).first()
 
 
 _LIVE_NAME = (
@@ -110,16 +116,19 @@ _LIVE_NAME = (
 )
 
 
-def live_name_taken(session: Session, domain_id: str, name: str) -> bool:
-    found = session.execute(_LIVE_NAME, {"domain_id": domain_id, "name": name}).first()
+def live_name_taken(connection: Connection, domain_id: str, name: str) -> bool:
+    found = connection.execute(_LIVE_NAME, {"domain_id": domain_id, "name": name}).first()
     return found is not None
 
 
-def add(session: Session, cvm: CVM) -> None:
-    """Insert; a concurrent insert of the same live name or key is a conflict."""
-    session.add(cvm)
+_INSERT = insert(CVM)
+
+
+def insert_new(connection: Connection, cvm: CVM) -> None:
+    """Insert a new CVM, every column given, as one Core statement; a
+    concurrent insert of the same live name or key is a conflict."""
     try:
-        session.flush()
+        connection.execute(_INSERT, insert_values(cvm))
     except IntegrityError as exc:
         raise CreatedConcurrently(
             "a CVM with this name or Idempotency-Key was created concurrently; retry to see it"

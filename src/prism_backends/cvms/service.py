@@ -1,6 +1,6 @@
 """What the CVM routes do. Each function takes the principal and the session
-(for view and list, which run Core statements alone, a plain Connection); the
-caller owns the transaction."""
+(for view, list and create, which run Core statements alone, a plain
+Connection); the caller owns the transaction."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ _VCPU = re.compile(r"[0-9]{1,6}")
 
 @dataclass(frozen=True)
 class CreateOutcome:
-    cvm: CVM
+    cvm: CVM | repository.ShownCVM  # the new CVM, or a replay's row as the view shows it
     created: bool  # False when an Idempotency-Key replay returned an existing CVM
 
 
@@ -62,7 +62,7 @@ def check_domain(domain_id: str, query_domain_id: str | None) -> None:
 
 def create_cvm(
     principal: Principal,
-    session: Session,
+    connection: Connection,
     *,
     catalog: Catalog,
     prices: PriceTable,
@@ -85,15 +85,15 @@ def create_cvm(
 
     digest = _request_digest(entry.config.name, platform, vcpus, request)
     if idempotency_key is not None:
-        replay = _idempotent_replay(session, domain_id, idempotency_key, digest)
+        replay = _idempotent_replay(connection, domain_id, idempotency_key, digest)
         if replay is not None:
             return CreateOutcome(replay, created=False)
-    if repository.live_name_taken(session, domain_id, request.name):
+    if repository.live_name_taken(connection, domain_id, request.name):
         # On PostgreSQL each statement reads what has committed by then: a retry's
         # first attempt may have committed between the key's lookup and the name's,
         # so the name's holder may be this very request's CVM. Look once more.
         if idempotency_key is not None:
-            replay = _idempotent_replay(session, domain_id, idempotency_key, digest)
+            replay = _idempotent_replay(connection, domain_id, idempotency_key, digest)
             if replay is not None:
                 return CreateOutcome(replay, created=False)
         raise Conflict(f"a CVM named {request.name!r} already exists in this domain")
@@ -102,6 +102,7 @@ def create_cvm(
     cvm_id = str(uuid.uuid4())
     instant = entry.provider.provisions_instantly
     reference_policy = entry.config.attestation_policies.get(platform)
+    # Every column is given (repository.insert_new writes them as they are).
     cvm = CVM(
         id=cvm_id,
         domain_id=domain_id,
@@ -128,16 +129,24 @@ def create_cvm(
         attestation_token="",
         attestation_policy=reference_policy,
         attestation_policy_source="reference" if reference_policy is not None else "",
+        attestation_error="",
+        attestations_verified=0,
+        attestations_failed=0,
+        attested_at=None,
         created_at=now,
         updated_at=now,
+        deleted_at=None,
         idempotency_key=idempotency_key,
         request_digest=digest,
+        lease_owner=None,
+        lease_expires_at=None,
         # The workers' queue: an instant provider has nothing left to do.
         next_attempt_at=None if instant else now,
         attempts=0,
+        first_failure_at=None,
     )
-    repository.add(session, cvm)
-    credentials.issue(session, cvm_id=cvm_id, domain_id=domain_id, now=now)
+    repository.insert_new(connection, cvm)
+    credentials.issue_on(connection, cvm_id=cvm_id, domain_id=domain_id, now=now)
     return CreateOutcome(cvm, created=True)
 
 
@@ -231,10 +240,12 @@ def _request_digest(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _idempotent_replay(session: Session, domain_id: str, key: str, digest: str) -> CVM | None:
+def _idempotent_replay(
+    connection: Connection, domain_id: str, key: str, digest: str
+) -> repository.ShownCVM | None:
     if not 1 <= len(key) <= 255:
         raise BadRequest("must be 1-255 characters", field="Idempotency-Key")
-    existing = repository.get_by_idempotency_key(session, domain_id, key)
+    existing = repository.shown_by_idempotency_key(connection, domain_id, key)
     if existing is None:
         return None
     if existing.request_digest != digest:

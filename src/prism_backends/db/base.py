@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator
 from sqlalchemy.engine import Dialect
@@ -39,6 +40,24 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def insert_values(instance: Base, *, generated: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An unsaved object's every column, for one Core INSERT of it (no flush).
+
+    Each column but the store-generated ones must have been given: a Core
+    insert applies no ORM bookkeeping, and the object is what the caller
+    goes on to show, so a column left to its default would show as None.
+    """
+    given = instance.__dict__
+    values: dict[str, Any] = {}
+    for column in instance.__table__.columns:
+        if column.key in generated:
+            continue
+        if column.key not in given:
+            raise TypeError(f"{type(instance).__name__}.{column.key} was not given")
+        values[column.key] = given[column.key]
+    return values
 
 
 def utcnow() -> datetime:

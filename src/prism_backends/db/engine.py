@@ -182,6 +182,20 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A unit of work that writes, on a plain Connection, for Core statements.
+
+    For create, whose rows are written whole and never read back: the ORM's
+    flush of one object cost about as much CPU as the rest of the request
+    (bench/README.md). Otherwise as ``unit_of_work``: committed at the end,
+    rolled back on error, the write lock up front on SQLite, and
+    ``StoreUnavailable`` on an outage.
+    """
+    with _outages_unavailable(), engine.connect() as connection, connection.begin():
+        yield connection
+
+
+@contextmanager
 def _outages_unavailable() -> Iterator[None]:
     """A store that cannot serve now becomes ``StoreUnavailable`` (503, logged
     throttled); any other error passes as it is."""
