@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, text
 
 from bench.anchor import create_anchor
+from prism_backends.db.engine import READ_ONLY, SQLITE_BEGIN
 from prism_backends.http.app import create_app
 from prism_backends.runtime import Runtime
 from tests.conftest import TokenFactory, auth
@@ -60,9 +61,15 @@ def ours(runtime: Runtime) -> Iterator[tuple[TestClient, Recorded]]:
     def sent(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
         recorded.append((_normal(sql), _values(params, sql)))
 
+    def began(connection: Any) -> None:
+        if postgres:  # psycopg's implicit BEGIN
+            recorded.append(("BEGIN", ()))
+        else:  # the statements db.engine sends on the driver's connection
+            read_only = bool(connection.get_execution_options().get(READ_ONLY))
+            recorded.extend((statement, ()) for statement in SQLITE_BEGIN[read_only])
+
     event.listen(runtime.engine, "before_cursor_execute", sent)
-    if postgres:  # psycopg's implicit BEGIN; SQLite's is a statement of its own
-        event.listen(runtime.engine, "begin", lambda _c: recorded.append(("BEGIN", ())))
+    event.listen(runtime.engine, "begin", began)
     event.listen(runtime.engine, "commit", lambda _c: recorded.append(("COMMIT", ())))
     event.listen(runtime.engine, "rollback", lambda _c: recorded.append(("ROLLBACK", ())))
     with TestClient(create_app(runtime)) as client:

@@ -4,13 +4,15 @@ cannot write; the next writer on the same connection writes as before."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +22,7 @@ from prism_backends.db.engine import (
     make_session_factory,
     read_transaction,
     unit_of_work,
+    write_transaction,
 )
 from prism_backends.db.migrate import upgrade
 from prism_backends.errors import StoreUnavailable
@@ -106,3 +109,30 @@ def test_a_read_transaction_reads_beside_a_writer_and_cannot_write(
         connection.execute(update(CVM).where(CVM.id == cvm_id).values(name="sneaky"))
     with unit_of_work(sessions, read_only=True) as session:
         assert session.scalar(select(CVM.name).where(CVM.id == cvm_id)) == "renamed"
+
+
+def test_a_writer_that_cannot_take_the_lock_is_an_outage_not_an_error(tmp_path: Path) -> None:
+    """BEGIN IMMEDIATE goes to the driver directly; a lock held past the busy
+    timeout must still be a 503, as through SQLAlchemy, for both kinds of unit."""
+    path = tmp_path / "store.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+
+    @event.listens_for(engine, "connect")
+    def impatient(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout = 50")
+
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable), write_transaction(engine):
+            pytest.fail("the transaction began without the lock")
+        with pytest.raises(StoreUnavailable), unit_of_work(make_session_factory(engine)) as s:
+            s.execute(select(func.count()).select_from(CVM))
+    finally:
+        holder.rollback()
+        holder.close()
+    with write_transaction(engine) as connection:  # the lock is free again
+        connection.execute(update(CVM).values(name="x"))
+    engine.dispose()
