@@ -78,6 +78,9 @@ class Commands:
             stdout=files[0],
             stderr=files[1],
             stdin=subprocess.DEVNULL,
+            # Ctrl-C as a terminal sends it: a runner that starts the tests in the
+            # background leaves SIGINT ignored, and the child would inherit that.
+            preexec_fn=_default_sigint,
         )
         self.started.append((process, files))
         return process
@@ -198,6 +201,10 @@ def test_create_wait_stats_events_policy_and_delete_with_a_real_agent(
 
     result = invoke(service, tmp_path, "show", cvm_id)
     assert result.exit_code == 1 and "not_found" in result.stderr
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _get(service: Service, path: str) -> Any:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 import yaml
 from botocore.stub import ANY, Stubber
@@ -44,8 +45,12 @@ def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    url = f"http://127.0.0.1:{port}"
+    # moto's backends are the process's, not the server's: without a reset a test
+    # sees the machines an earlier test on the same worker made under the same mark.
+    httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         server.stop()
 
