@@ -21,11 +21,6 @@ from prism_backends.db.base import insert_values
 from prism_backends.db.engine import one_of, upsert_insert
 from prism_backends.vocabulary import Status
 
-
-def add_credential(session: Session, credential: AgentCredential) -> None:
-    session.add(credential)
-
-
 _INSERT_CREDENTIAL = insert(AgentCredential)
 
 

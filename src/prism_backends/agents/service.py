@@ -33,16 +33,10 @@ class CredentialIssuer:
     validity: timedelta
 
     def issue(
-        self, session: Session, *, cvm_id: str, domain_id: str, now: datetime
-    ) -> AgentCredential:
-        credential = self._new(cvm_id=cvm_id, domain_id=domain_id, now=now)
-        repository.add_credential(session, credential)
-        return credential
-
-    def issue_on(
         self, connection: Connection, *, cvm_id: str, domain_id: str, now: datetime
     ) -> AgentCredential:
-        """As ``issue``, as one Core insert: a create writes without an ORM Session."""
+        """Store a new certificate as one Core insert (a create writes without an
+        ORM Session; the certificate routes pass their Session's connection)."""
         credential = self._new(cvm_id=cvm_id, domain_id=domain_id, now=now)
         repository.insert_credential(connection, credential)
         return credential
@@ -276,8 +270,7 @@ def _issue(session: Session, issuer: CredentialIssuer, domain_id: str, cvm_id: s
             f"this CVM already holds {len(standing)} valid certificates, the most it may: "
             "revoke one first"
         )
-    issued = issuer.issue(session, cvm_id=cvm_id, domain_id=domain_id, now=now)
-    session.flush()
+    issued = issuer.issue(session.connection(), cvm_id=cvm_id, domain_id=domain_id, now=now)
     # Pending, unless it is the only valid one (the agent had nothing else).
     state = CertificateState.PENDING if standing else CertificateState.ACTIVE
     return Certificate(issued, state)

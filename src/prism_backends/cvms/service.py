@@ -146,7 +146,7 @@ def create_cvm(
         first_failure_at=None,
     )
     repository.insert_new(connection, cvm)
-    credentials.issue_on(connection, cvm_id=cvm_id, domain_id=domain_id, now=now)
+    credentials.issue(connection, cvm_id=cvm_id, domain_id=domain_id, now=now)
     return CreateOutcome(cvm, created=True)
 
 
