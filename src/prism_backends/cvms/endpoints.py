@@ -2,15 +2,17 @@
 function with the principal and the session (view, list and create: a plain
 Connection, as they read rows or write whole ones alone), and returns a
 schema, or for the routes that show CVMs the JSON of ``cvm_document``
-directly (their ``response_model`` documents it; docs/architecture.md,
-"Request path")."""
+directly (their ``response_model`` documents it). View, list and create read
+their parameters from the request themselves (http/params.py;
+docs/architecture.md, "Request path")."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from prism_backends.cvms import service
 from prism_backends.cvms.schemas import (
@@ -26,10 +28,42 @@ from prism_backends.cvms.schemas import (
 )
 from prism_backends.db.engine import read_transaction, unit_of_work, write_transaction
 from prism_backends.errors import CreatedConcurrently
-from prism_backends.http.deps import DomainQuery, PrincipalDep, RuntimeDep, read_body
+from prism_backends.http.deps import (
+    DomainQuery,
+    PrincipalDep,
+    RuntimeDep,
+    get_principal,
+    read_body,
+    runtime_of,
+)
+from prism_backends.http.params import DOMAIN_ID, DOMAIN_QUERY, Param, read_by_hand
 from prism_backends.http.responses import COMMON_ERRORS, error_responses
 
 router = APIRouter(tags=["cvms"])
+
+
+CVM_ID = Param("id", "path")
+PROVIDER = Param("provider", "path", "azure, gcp, aws, external or ultraviolet.")
+VCPU = Param("vcpu", "path", "A vCPU count the provider offers.")
+CC_PLATFORM_PATH = Param("cc_platform", "path", "sev-snp or tdx (aliases accepted).")
+IDEMPOTENCY_KEY = Param("Idempotency-Key", "header")
+LIMIT = Param("limit", "query", "1-100, default 10.")
+OFFSET = Param("offset", "query", ">= 0, default 0.")
+NAME = Param("name", "query", "Case-insensitive substring.")
+STATUS = Param("status", "query", "A status; 'inactive' lists deleted CVMs.")
+DAYS = Param("days", "query", "Created within the last N days.")
+CC_PLATFORM = Param("cc_platform", "query", "sev-snp or tdx.")
+INCLUDE = Param(
+    "include",
+    "query",
+    "'attestation' to carry each CVM's evidence; without it lists leave "
+    "'attestation' empty (View always carries it).",
+)
+
+
+# View, list and create read their parameters themselves (http/params.py):
+# each authenticates and parses on the event loop, then runs its transaction,
+# and renders, on the thread pool, one hop as a plain ``def`` route would take.
 
 
 @router.post(
@@ -43,6 +77,7 @@ router = APIRouter(tags=["cvms"])
         **error_responses(*COMMON_ERRORS, 409, 413, 415),
     },
     openapi_extra={
+        **read_by_hand(DOMAIN_ID, PROVIDER, VCPU, CC_PLATFORM_PATH, DOMAIN_QUERY, IDEMPOTENCY_KEY),
         "requestBody": {
             "required": True,
             "content": {
@@ -52,22 +87,16 @@ router = APIRouter(tags=["cvms"])
                     )
                 }
             },
-        }
+        },
     },
 )
-def create_cvm(
-    request: Request,
-    body: Annotated[bytes, Depends(read_body)],
-    runtime: RuntimeDep,
-    principal: PrincipalDep,
-    domain_id: Annotated[str, Path(alias="domainID")],
-    provider: Annotated[str, Path(description="azure, gcp, aws, external or ultraviolet.")],
-    vcpu: Annotated[str, Path(description="A vCPU count the provider offers.")],
-    cc_platform: Annotated[str, Path(description="sev-snp or tdx (aliases accepted).")],
-    domain_query: DomainQuery = None,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> Response:
-    service.check_domain(domain_id, domain_query)
+async def create_cvm(request: Request) -> Response:
+    body = await read_body(request)
+    principal = await get_principal(request)
+    runtime = runtime_of(request)
+    path = request.path_params
+    domain_id = path[DOMAIN_ID.name]
+    service.check_domain(domain_id, request.query_params.get(DOMAIN_QUERY.name))
 
     def create_once() -> service.CreateOutcome:
         with write_transaction(runtime.engine) as connection:
@@ -78,26 +107,29 @@ def create_cvm(
                 prices=runtime.prices,
                 credentials=runtime.credentials,
                 domain_id=domain_id,
-                provider_name=provider,
-                vcpu=vcpu,
-                cc_platform=cc_platform,
+                provider_name=path[PROVIDER.name],
+                vcpu=path[VCPU.name],
+                cc_platform=path[CC_PLATFORM_PATH.name],
                 content_type=request.headers.get("content-type", ""),
                 body=body,
-                idempotency_key=idempotency_key,
+                idempotency_key=request.headers.get(IDEMPOTENCY_KEY.name),
             )
 
-    try:
-        outcome = create_once()
-    except CreatedConcurrently:
-        # A retried request whose first attempt was still in flight: once that one
-        # has committed, this one is its replay (or, for a name, a plain conflict).
-        outcome = create_once()
-    location = f"{runtime.settings.base_path}/{domain_id}/cvms/{outcome.cvm.id}"
-    return JSONResponse(
-        cvm_document(outcome.cvm, outcome.cvm.attestation),
-        status_code=201 if outcome.created else 200,
-        headers={"Location": location},
-    )
+    def respond() -> Response:
+        try:
+            outcome = create_once()
+        except CreatedConcurrently:
+            # A retried request whose first attempt was still in flight: once that one
+            # has committed, this one is its replay (or, for a name, a plain conflict).
+            outcome = create_once()
+        location = f"{runtime.settings.base_path}/{domain_id}/cvms/{outcome.cvm.id}"
+        return JSONResponse(
+            cvm_document(outcome.cvm, outcome.cvm.attestation),
+            status_code=201 if outcome.created else 200,
+            headers={"Location": location},
+        )
+
+    return await run_in_threadpool(respond)
 
 
 @router.get(
@@ -105,47 +137,40 @@ def create_cvm(
     response_model=CVMPage,
     summary="List CVMs",
     responses=error_responses(*COMMON_ERRORS),
+    openapi_extra=read_by_hand(
+        DOMAIN_ID, DOMAIN_QUERY, LIMIT, OFFSET, NAME, STATUS, DAYS, CC_PLATFORM, INCLUDE
+    ),
 )
-def list_cvms(
-    runtime: RuntimeDep,
-    principal: PrincipalDep,
-    domain_id: Annotated[str, Path(alias="domainID")],
-    domain_query: DomainQuery = None,
-    limit: Annotated[str | None, Query(description="1-100, default 10.")] = None,
-    offset: Annotated[str | None, Query(description=">= 0, default 0.")] = None,
-    name: Annotated[str | None, Query(description="Case-insensitive substring.")] = None,
-    status: Annotated[
-        str | None, Query(description="A status; 'inactive' lists deleted CVMs.")
-    ] = None,
-    days: Annotated[str | None, Query(description="Created within the last N days.")] = None,
-    cc_platform: Annotated[str | None, Query(description="sev-snp or tdx.")] = None,
-    include: Annotated[
-        str | None,
-        Query(
-            description="'attestation' to carry each CVM's evidence; without it lists leave "
-            "'attestation' empty (View always carries it)."
-        ),
-    ] = None,
-) -> Response:
-    service.check_domain(domain_id, domain_query)
-    with read_transaction(runtime.engine) as connection:
-        listing = service.list_cvms(
-            principal,
-            connection,
-            domain_id=domain_id,
-            limit=limit,
-            offset=offset,
-            name=name,
-            status=status,
-            days=days,
-            cc_platform=cc_platform,
-            include=include,
+async def list_cvms(request: Request) -> Response:
+    principal = await get_principal(request)
+    runtime = runtime_of(request)
+    domain_id = request.path_params[DOMAIN_ID.name]
+    query = request.query_params
+    service.check_domain(domain_id, query.get(DOMAIN_QUERY.name))
+
+    def respond() -> Response:
+        with read_transaction(runtime.engine) as connection:
+            listing = service.list_cvms(
+                principal,
+                connection,
+                domain_id=domain_id,
+                limit=query.get(LIMIT.name),
+                offset=query.get(OFFSET.name),
+                name=query.get(NAME.name),
+                status=query.get(STATUS.name),
+                days=query.get(DAYS.name),
+                cc_platform=query.get(CC_PLATFORM.name),
+                include=query.get(INCLUDE.name),
+            )
+        with_evidence = listing.with_evidence
+        cvms = [
+            cvm_document(row, row.attestation if with_evidence else None) for row in listing.rows
+        ]
+        return JSONResponse(
+            {"cvms": cvms, "total": listing.total, "limit": listing.limit, "offset": listing.offset}
         )
-    with_evidence = listing.with_evidence
-    cvms = [cvm_document(row, row.attestation if with_evidence else None) for row in listing.rows]
-    return JSONResponse(
-        {"cvms": cvms, "total": listing.total, "limit": listing.limit, "offset": listing.offset}
-    )
+
+    return await run_in_threadpool(respond)
 
 
 @router.get(
@@ -153,18 +178,21 @@ def list_cvms(
     response_model=CVMOut,
     summary="View a CVM",
     responses=error_responses(*COMMON_ERRORS, 404),
+    openapi_extra=read_by_hand(DOMAIN_ID, CVM_ID, DOMAIN_QUERY),
 )
-def view_cvm(
-    runtime: RuntimeDep,
-    principal: PrincipalDep,
-    domain_id: Annotated[str, Path(alias="domainID")],
-    cvm_id: Annotated[str, Path(alias="id")],
-    domain_query: DomainQuery = None,
-) -> Response:
-    service.check_domain(domain_id, domain_query)
-    with read_transaction(runtime.engine) as connection:
-        cvm = service.get_cvm(principal, connection, domain_id=domain_id, cvm_id=cvm_id)
-    return JSONResponse(cvm_document(cvm, cvm.attestation))
+async def view_cvm(request: Request) -> Response:
+    principal = await get_principal(request)
+    runtime = runtime_of(request)
+    domain_id = request.path_params[DOMAIN_ID.name]
+    cvm_id = request.path_params[CVM_ID.name]
+    service.check_domain(domain_id, request.query_params.get(DOMAIN_QUERY.name))
+
+    def respond() -> Response:
+        with read_transaction(runtime.engine) as connection:
+            cvm = service.get_cvm(principal, connection, domain_id=domain_id, cvm_id=cvm_id)
+        return JSONResponse(cvm_document(cvm, cvm.attestation))
+
+    return await run_in_threadpool(respond)
 
 
 @router.delete(

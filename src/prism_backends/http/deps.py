@@ -21,9 +21,13 @@ from prism_backends.http.ratelimit import RequestLimits
 from prism_backends.runtime import Runtime
 
 
-async def get_runtime(request: Request) -> Runtime:
+def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+async def get_runtime(request: Request) -> Runtime:
+    return runtime_of(request)
 
 
 class BearerPrincipal(SecurityBase):
@@ -43,8 +47,7 @@ class BearerPrincipal(SecurityBase):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-        runtime: Runtime = request.app.state.runtime
-        principal = runtime.verifier.verify(token)
+        principal = runtime_of(request).verifier.verify(token)
         limits: RequestLimits = request.app.state.limits
         limits.check_principal(request.client.host if request.client else None, principal.subject)
         return principal
