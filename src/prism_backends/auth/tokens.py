@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from prism_backends.auth.keys import public_jwk
 from prism_backends.auth.permissions import Role
 from prism_backends.auth.principal import Principal
+from prism_backends.auth.remembered import RememberedTokens
 from prism_backends.errors import Unauthenticated
 
 DEFAULT_AUDIENCE = "prism-backends"
@@ -68,6 +69,7 @@ class TokenVerifier:
 
     Each trusted key is bound to one algorithm: a token is checked with its
     key's algorithm, and only if that algorithm is pinned by configuration.
+    A token that passed is remembered for a short while (``RememberedTokens``).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class TokenVerifier:
         local_keys: Sequence[Ed25519PublicKey] = (),
         jwks: Mapping[str, Any] | None = None,
         jwks_url: str | None = None,
+        remembered: RememberedTokens | None = None,
     ) -> None:
         if not algorithms or any(alg.lower() == "none" for alg in algorithms):
             raise ValueError("at least one signature algorithm must be pinned, and never 'none'")
@@ -97,8 +100,17 @@ class TokenVerifier:
                 parsed = jwt.PyJWK(jwk)
                 self._keys[parsed.key_id] = _TrustedKey(parsed.key, parsed.algorithm_name)
         self._jwks_client = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        self._remembered = remembered if remembered is not None else RememberedTokens()
 
     def verify(self, token: str) -> Principal:
+        principal = self._remembered.get(token)
+        if principal is None:
+            principal, exp = self._verify_afresh(token)
+            self._remembered.remember(token, principal, valid_until=exp + LEEWAY_SECONDS)
+        return principal
+
+    def _verify_afresh(self, token: str) -> tuple[Principal, int]:
+        """The principal of a token checked in full, and the token's ``exp``."""
         trusted = self._signing_key(token)
         if trusted.algorithm not in self._algorithms:
             raise Unauthenticated("the token's signing key uses an algorithm that is not accepted")
@@ -121,7 +133,7 @@ class TokenVerifier:
         except (jwt.PyJWTError, TypeError, ValueError, OverflowError) as exc:
             raise Unauthenticated(f"the token is not valid: {exc}") from exc
         self._check_expiry(claims["exp"])
-        return _principal_from(claims)
+        return _principal_from(claims), claims["exp"]
 
     def _check_expiry(self, exp: Any) -> None:
         """PyJWT reads ``exp`` through int(): a string or 1e30 passes there."""
