@@ -208,7 +208,7 @@ def compare_on(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         cleanup.enter_context(started(anchor))
 
         cvms_path = f"{BASE_PATH}/{MAIN_DOMAIN}/cvms"
-        plan = routes(fill)
+        plan = [route for route in routes(fill) if not args.route or route.name in args.route]
         scripts = {}
         for route in plan:
             script = (
@@ -316,6 +316,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="a checkout whose service to run as 'ours' (e.g. a git worktree of the "
         "previous commit); the anchor is always this checkout's",
+    )
+    parser.add_argument(
+        "--route",
+        action="append",
+        choices=[route.name for route in routes(Fill())],
+        help="only this route (repeat for more; default: every route)",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_RESULTS)
     args = parser.parse_args(argv)

@@ -41,6 +41,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         # /cvms/ is not /cvms: answer 404 rather than redirect (a redirected POST
         # would create from a path the client did not send).
         redirect_slashes=False,
+        # The service's metrics are its own (observability/, Prometheus'). FastAPI's
+        # OpenTelemetry instrumentation, on by default, looked up the global
+        # providers on every request to find none configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.runtime = runtime
     limits = RequestLimits.from_settings(runtime.settings)
