@@ -43,7 +43,7 @@ from prism_backends.auth.keys import load_or_create_issuer_key
 from prism_backends.config import Settings
 from prism_backends.cvms.models import CVM
 from prism_backends.cvms.repository import SHOWN_COLUMNS
-from prism_backends.db.engine import SQLITE_BUSY_TIMEOUT_MS
+from prism_backends.db.engine import SQLITE_BUSY_TIMEOUT_MS, sqlite_begin
 from prism_backends.pricing.table import estimate_cents
 from prism_backends.runtime import Runtime
 from prism_backends.vocabulary import Platform
@@ -165,6 +165,7 @@ class Store:
         self._url = url
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self._trace = trace
+        self._query_only: dict[int, bool] = {}  # id of a SQLite connection -> its query_only
 
     def _connect(self) -> Any:
         if self.postgres:
@@ -179,6 +180,7 @@ class Store:
             "PRAGMA synchronous=NORMAL",
         ):
             conn.execute(pragma)
+        self._query_only[id(conn)] = False
         return conn
 
     def close(self) -> None:
@@ -195,8 +197,9 @@ class Store:
         if self.postgres:  # psycopg sends BEGIN before the first statement
             self._note("BEGIN")
         else:  # as the service's engine begins them
-            self._send(conn, "PRAGMA query_only = 1" if read_only else "PRAGMA query_only = 0")
-            self._send(conn, "BEGIN" if read_only else "BEGIN IMMEDIATE")
+            for statement in sqlite_begin(read_only, self._query_only[id(conn)]):
+                self._send(conn, statement)
+            self._query_only[id(conn)] = read_only
 
         def run(sql: str, params: Sequence[Any]) -> Any:
             return self._send(conn, sql, params)

@@ -136,3 +136,32 @@ def test_a_writer_that_cannot_take_the_lock_is_an_outage_not_an_error(tmp_path: 
     with write_transaction(engine) as connection:  # the lock is free again
         connection.execute(update(CVM).values(name="x"))
     engine.dispose()
+
+
+def test_query_only_is_switched_only_when_a_connection_changes_mode(tmp_path: Path) -> None:
+    """Setting it expires the connection's prepared statements, so each read would
+    prepare its statement anew; the mode each unit sees is still its own."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}", pool_size=1)
+    upgrade(engine)
+    engine.dispose()
+    switches: list[str] = []
+
+    @event.listens_for(engine, "connect")
+    def traced(dbapi_connection: Any, _record: Any) -> None:
+        def note(statement: str) -> None:
+            if statement.startswith("PRAGMA query_only ="):
+                switches.append(statement)
+
+        dbapi_connection.set_trace_callback(note)
+
+    def mode(connection: Any) -> int:
+        return int(connection.exec_driver_sql("PRAGMA query_only").scalar())
+
+    seen = []
+    for unit in (read_transaction, read_transaction, write_transaction, read_transaction):
+        with unit(engine) as connection:
+            seen.append(mode(connection))
+    engine.dispose()
+
+    assert seen == [1, 1, 0, 1]
+    assert switches == ["PRAGMA query_only = 1", "PRAGMA query_only = 0", "PRAGMA query_only = 1"]

@@ -66,7 +66,7 @@ def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     )
 
 
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+def _configure_sqlite(dbapi_connection: Any, record: Any) -> None:
     # Let SQLAlchemy, not the driver, issue BEGIN, so that every transaction
     # can take the write lock up front (see _begin_immediate).
     dbapi_connection.isolation_level = None
@@ -76,6 +76,7 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    record.info[QUERY_ONLY] = False  # SQLite's default
     # PostgreSQL's set_bit/get_bit on bytea, for statements both stores run
     # (the uptime sampler's): bit n is bit n % 8, least significant first, of byte n // 8.
     dbapi_connection.create_function("set_bit", 3, _set_bit, deterministic=True)
@@ -98,11 +99,16 @@ def _get_bit(value: bytes, index: int) -> int:
 READ_ONLY = "prism_read_only"  # execution option: the unit of work only reads
 
 
-# What BEGIN is on SQLite, by whether the transaction only reads (_begin_immediate).
-SQLITE_BEGIN = {
-    True: ("PRAGMA query_only = 1", "BEGIN"),
-    False: ("PRAGMA query_only = 0", "BEGIN IMMEDIATE"),
-}
+QUERY_ONLY = "prism_query_only"  # a SQLite connection's query_only, in its pool record's info
+
+
+def sqlite_begin(read_only: bool, query_only: bool | None) -> tuple[str, ...]:
+    """What a SQLite transaction sends first, on a connection whose ``query_only``
+    is ``query_only`` now: the switch, only when it changes, and BEGIN."""
+    begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+    if query_only is read_only:
+        return (begin,)
+    return (f"PRAGMA query_only = {int(read_only)}", begin)
 
 
 def _begin_immediate(connection: Any) -> None:
@@ -112,17 +118,24 @@ def _begin_immediate(connection: Any) -> None:
     # reads a snapshot beside the writer), and query_only makes SQLite refuse
     # any write it would attempt, rather than let it try to upgrade.
     #
-    # Sent on the driver's connection: through SQLAlchemy's execution each of
-    # the two cost about 45 µs of CPU, as much as a view's own statement. An
+    # query_only is switched only when it changes: setting it expires the
+    # connection's prepared statements, and preparing a view's statement again
+    # cost about 20 µs, twice the statement's own work.
+    #
+    # Sent on the driver's connection: through SQLAlchemy's execution each
+    # statement cost about 45 µs of CPU, as much as a view's own statement. An
     # error is wrapped as SQLAlchemy's would be, so "database is locked" is
     # still an outage (503).
     read_only = bool(connection.get_execution_options().get(READ_ONLY))
-    driver = connection.connection.driver_connection
-    for statement in SQLITE_BEGIN[read_only]:
+    pooled = connection.connection
+    driver = pooled.driver_connection
+    for statement in sqlite_begin(read_only, pooled.info.get(QUERY_ONLY)):
         try:
             driver.execute(statement)
         except sqlite3.Error as exc:
+            pooled.info.pop(QUERY_ONLY, None)  # unknown now: set it again next time
             raise DBAPIError.instance(statement, (), exc, sqlite3.Error) from exc
+    pooled.info[QUERY_ONLY] = read_only
 
 
 def store_answers(engine: Engine) -> bool:
