@@ -7,9 +7,9 @@ import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, Row, Select, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,34 +37,40 @@ def is_cvm_id(value: str) -> bool:
     return _CVM_ID.fullmatch(value) is not None
 
 
-# What a CVM's wire form shows (cvms/schemas.cvm_document). The view and
-# list routes read these columns alone, as plain rows rather than ORM objects:
-# nothing is tracked, and the workers' and attestation's columns stay unread.
+class ShownCVM(NamedTuple):
+    """What a CVM's wire form shows (cvms/schemas.cvm_document), and its
+    evidence where it was read. The view and list routes read these columns
+    alone, as plain rows rather than ORM objects: nothing is tracked, and the
+    workers' and attestation's columns stay unread. Rows are copied into this
+    tuple because reading a field of SQLAlchemy's ``Row`` by name costs about
+    ten times reading it here (0.3 against 0.03 µs), and a page of 100 CVMs
+    reads 1,900 of them."""
+
+    id: str
+    name: str
+    cvm_id: str
+    agent_url: str
+    status: str
+    state: str
+    created_at: datetime
+    deleted_at: datetime | None
+    provider: str
+    vcpus: int
+    attestation_token: str
+    agent_log_level: str
+    monthly_cost_cents: int
+    cc_platform: str
+    domain_id: str
+    error: str
+    attestation_error: str
+    updated_at: datetime
+    attestation: bytes | None = None  # selected last, and only where it is shown
+
+
 _CVMS = CVM.__table__
-SHOWN_COLUMNS = (
-    "id",
-    "name",
-    "cvm_id",
-    "agent_url",
-    "status",
-    "state",
-    "created_at",
-    "deleted_at",
-    "provider",
-    "vcpus",
-    "attestation_token",
-    "agent_log_level",
-    "monthly_cost_cents",
-    "cc_platform",
-    "domain_id",
-    "error",
-    "attestation_error",
-    "updated_at",
-)
+SHOWN_COLUMNS = ShownCVM._fields[:-1]
 _SHOWN = tuple(_CVMS.c[name] for name in SHOWN_COLUMNS)
 _NEWEST_FIRST = (_CVMS.c.created_at.desc(), _CVMS.c.id.desc())
-
-ShownCVM = Row[*tuple[Any, ...]]  # SHOWN_COLUMNS, and ``attestation`` where asked for
 
 
 # The hot statements are built once, with named parameters, and executed with
@@ -81,7 +87,8 @@ def shown_live(connection: Connection, domain_id: str, cvm_id: str) -> ShownCVM 
     """What the view route shows of a live CVM of this domain, evidence included."""
     if not is_cvm_id(cvm_id):
         return None
-    return connection.execute(_SHOWN_LIVE, {"domain_id": domain_id, "cvm_id": cvm_id}).first()
+    row = connection.execute(_SHOWN_LIVE, {"domain_id": domain_id, "cvm_id": cvm_id}).first()
+    return None if row is None else ShownCVM._make(row)
 
 
 def get_live(session: Session, domain_id: str, cvm_id: str) -> CVM | None:
@@ -99,10 +106,16 @@ _BY_IDEMPOTENCY_KEY = select(*_SHOWN, _CVMS.c.attestation, _CVMS.c.request_diges
 )
 
 
-def shown_by_idempotency_key(connection: Connection, domain_id: str, key: str) -> ShownCVM | None:
+def shown_by_idempotency_key(
+    connection: Connection, domain_id: str, key: str
+) -> tuple[ShownCVM, str] | None:
     """The CVM a create with this key made (deleted or not), as the view shows
-    it, with the digest of the request that made it."""
-    return connection.execute(_BY_IDEMPOTENCY_KEY, {"domain_id": domain_id, "key": key}).first()
+    it, and the digest of the request that made it."""
+    row = connection.execute(_BY_IDEMPOTENCY_KEY, {"domain_id": domain_id, "key": key}).first()
+    if row is None:
+        return None
+    *shown, digest = row
+    return ShownCVM(*shown), digest
 
 
 _LIVE_NAME = (
@@ -152,8 +165,8 @@ def list_page(
     """
     shape = _Shape.of(filters)
     values = {**shape.values(domain_id, filters), "limit": limit, "offset": offset}
-    page = connection.execute(_page_statement(shape, with_evidence), values).all()
-    return list(page), count_matching(connection, domain_id, filters)
+    page = connection.execute(_page_statement(shape, with_evidence), values)
+    return [ShownCVM(*row) for row in page], count_matching(connection, domain_id, filters)
 
 
 def count_matching(connection: Connection, domain_id: str, filters: ListFilters) -> int:

@@ -107,26 +107,45 @@ class CVMOut(BaseModel):
 
 class ShowsCVM(Protocol):
     """What the wire form reads: a CVM row, or the columns of it the view and
-    list routes select (cvms/repository.SHOWN_COLUMNS)."""
+    list routes select (cvms/repository.ShownCVM). Read-only, as a tuple's
+    fields are."""
 
-    id: str
-    name: str
-    cvm_id: str
-    agent_url: str
-    status: str
-    state: str
-    created_at: datetime
-    deleted_at: datetime | None
-    provider: str
-    vcpus: int
-    attestation_token: str
-    agent_log_level: str
-    monthly_cost_cents: int
-    cc_platform: str
-    domain_id: str
-    error: str
-    attestation_error: str
-    updated_at: datetime
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def cvm_id(self) -> str: ...
+    @property
+    def agent_url(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def deleted_at(self) -> datetime | None: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def vcpus(self) -> int: ...
+    @property
+    def attestation_token(self) -> str: ...
+    @property
+    def agent_log_level(self) -> str: ...
+    @property
+    def monthly_cost_cents(self) -> int: ...
+    @property
+    def cc_platform(self) -> str: ...
+    @property
+    def domain_id(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def attestation_error(self) -> str: ...
+    @property
+    def updated_at(self) -> datetime: ...
 
 
 def cvm_document(cvm: ShowsCVM, evidence: bytes | None) -> dict[str, Any]:

@@ -248,9 +248,10 @@ def _idempotent_replay(
     existing = repository.shown_by_idempotency_key(connection, domain_id, key)
     if existing is None:
         return None
-    if existing.request_digest != digest:
+    shown, made_by = existing
+    if made_by != digest:
         raise Conflict("this Idempotency-Key was used with a different request")
-    return existing
+    return shown
 
 
 @dataclass(frozen=True)
