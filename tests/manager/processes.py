@@ -4,6 +4,7 @@ stays fast; the end-to-end test boots real VMs instead."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -153,6 +154,22 @@ class Managers:
                     os.kill(pid, signal.SIGKILL)
 
 
+_PORT_BLOCKS = itertools.count()
+
+
+def own_port_range() -> str:
+    """Twenty forwarded ports no other stand-in manager of this run uses. A
+    manager picks a VM's port by probing that it is free, and its QEMU binds
+    it a moment later: two managers on one host (two in one test, or tests on
+    parallel workers) with the same range could both pick the port in that
+    moment, and the second QEMU would exit. Below the kernel's ephemeral
+    ports, so no port bound to 0 takes one either."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = next(_PORT_BLOCKS) % 50
+    first = 10_000 + int(worker or 0) * 1_000 + block * 20
+    return f"{first}-{first + 19}"
+
+
 def standin_environment(root: Path, **settings: object) -> dict[str, str]:
     """Settings for a manager whose "QEMU" is the stand-in and whose guest
     files are small ones made here."""
@@ -173,6 +190,7 @@ def standin_environment(root: Path, **settings: object) -> dict[str, str]:
         "health_port": 0,
         "stop_grace_seconds": 2,
         "accelerator": "tcg",
+        "port_range": own_port_range(),
         **settings,
     }
     return {

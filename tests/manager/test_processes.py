@@ -68,7 +68,8 @@ def test_a_cocos_client_drives_create_info_policy_and_remove(
     stub = pb2_grpc.ManagerServiceStub(manager.channel())
 
     created = stub.CreateVm(create_request(pb2, agents_ca, "cvm-a"), timeout=20)
-    assert created.forwarded_port.isdigit() and 6100 <= int(created.forwarded_port) <= 6200
+    first, last = map(int, manager.environment["PRISM_MANAGER_PORT_RANGE"].split("-"))
+    assert created.forwarded_port.isdigit() and first <= int(created.forwarded_port) <= last
     record = record_of(manager, created.cvm_id)
     assert process_alive(int(record["pid"]))
 
