@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from prism_backends.cvms import repository
 from prism_backends.cvms.models import CVM
-from prism_backends.cvms.schemas import CVMOut, cvm_document
+from prism_backends.cvms.schemas import CVMOut, ShownCVM, cvm_document
 from prism_backends.db.engine import unit_of_work
 from prism_backends.runtime import Runtime
 from tests.factories import insert_cvm
@@ -24,13 +24,13 @@ def test_the_document_is_the_model_field_for_field_from_a_row_and_from_shown_col
         session.flush()
         shown = repository.shown_live(session.connection(), "dom-1", cvm_id)
         assert shown is not None
-        from_row = cvm_document(row, row.attestation)
+        from_row = cvm_document(ShownCVM.of(row), row.attestation)
         from_shown = cvm_document(shown, shown.attestation)
     assert from_row == from_shown
     assert list(from_row) == list(CVMOut.model_fields)
     assert CVMOut.model_validate(from_row).model_dump() == from_row
     assert from_row["attestation"] == "AQJldmlkZW5jZQ=="
-    assert cvm_document(row, None)["attestation"] == ""
+    assert cvm_document(ShownCVM.of(row), None)["attestation"] == ""
 
 
 def test_every_shown_column_is_read_by_the_document() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -105,50 +105,41 @@ class CVMOut(BaseModel):
     updated_at: str
 
 
-class ShowsCVM(Protocol):
-    """What the wire form reads: a CVM row, or the columns of it the view and
-    list routes select (cvms/repository.ShownCVM). Read-only, as a tuple's
-    fields are."""
+class ShownCVM(NamedTuple):
+    """What a CVM's wire form shows (``cvm_document``), and its evidence where
+    it was read: the columns the view and list routes select
+    (cvms/repository), in this order, or a CVM row's (``of``). A tuple rather
+    than SQLAlchemy's ``Row``: reading a field of a ``Row`` by name costs
+    about ten times reading it here (0.3 against 0.03 µs), and a page of 100
+    CVMs reads 1,900 of them."""
 
-    @property
-    def id(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def cvm_id(self) -> str: ...
-    @property
-    def agent_url(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def deleted_at(self) -> datetime | None: ...
-    @property
-    def provider(self) -> str: ...
-    @property
-    def vcpus(self) -> int: ...
-    @property
-    def attestation_token(self) -> str: ...
-    @property
-    def agent_log_level(self) -> str: ...
-    @property
-    def monthly_cost_cents(self) -> int: ...
-    @property
-    def cc_platform(self) -> str: ...
-    @property
-    def domain_id(self) -> str: ...
-    @property
-    def error(self) -> str: ...
-    @property
-    def attestation_error(self) -> str: ...
-    @property
-    def updated_at(self) -> datetime: ...
+    id: str
+    name: str
+    cvm_id: str
+    agent_url: str
+    status: str
+    state: str
+    created_at: datetime
+    deleted_at: datetime | None
+    provider: str
+    vcpus: int
+    attestation_token: str
+    agent_log_level: str
+    monthly_cost_cents: int
+    cc_platform: str
+    domain_id: str
+    error: str
+    attestation_error: str
+    updated_at: datetime
+    attestation: bytes | None = None  # selected last, and only where it is shown
+
+    @classmethod
+    def of(cls, cvm: object) -> ShownCVM:
+        """A CVM row's fields (an ORM object, or anything with them all)."""
+        return cls._make(getattr(cvm, name) for name in cls._fields)
 
 
-def cvm_document(cvm: ShowsCVM, evidence: bytes | None) -> dict[str, Any]:
+def cvm_document(cvm: ShownCVM, evidence: bytes | None) -> dict[str, Any]:
     """A CVM's wire form (``CVMOut``, field for field and in its order) as
     plain data, ready for the JSON encoder: the routes that show CVMs render
     this directly rather than build and validate a model per CVM (a test holds

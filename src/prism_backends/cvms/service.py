@@ -26,7 +26,7 @@ from prism_backends.auth.principal import Principal
 from prism_backends.cvms import repository
 from prism_backends.cvms.models import CVM
 from prism_backends.cvms.paging import bounded_int, parse_page
-from prism_backends.cvms.schemas import MAX_NAME_LENGTH, CreateCVMRequest
+from prism_backends.cvms.schemas import MAX_NAME_LENGTH, CreateCVMRequest, ShownCVM
 from prism_backends.db.base import utcnow
 from prism_backends.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
 from prism_backends.pricing.core import PriceTable
@@ -48,7 +48,7 @@ _VCPU = re.compile(r"[0-9]{1,6}")
 
 @dataclass(frozen=True)
 class CreateOutcome:
-    cvm: CVM | repository.ShownCVM  # the new CVM, or a replay's row as the view shows it
+    cvm: ShownCVM  # the new CVM, or a replay's, as the view shows it
     created: bool  # False when an Idempotency-Key replay returned an existing CVM
 
 
@@ -147,7 +147,7 @@ def create_cvm(
     )
     repository.insert_new(connection, cvm)
     credentials.issue(connection, cvm_id=cvm_id, domain_id=domain_id, now=now)
-    return CreateOutcome(cvm, created=True)
+    return CreateOutcome(ShownCVM.of(cvm), created=True)
 
 
 def _parse_create_body(content_type: str, body: bytes) -> CreateCVMRequest:
@@ -242,7 +242,7 @@ def _request_digest(
 
 def _idempotent_replay(
     connection: Connection, domain_id: str, key: str, digest: str
-) -> repository.ShownCVM | None:
+) -> ShownCVM | None:
     if not 1 <= len(key) <= 255:
         raise BadRequest("must be 1-255 characters", field="Idempotency-Key")
     existing = repository.shown_by_idempotency_key(connection, domain_id, key)
@@ -256,7 +256,7 @@ def _idempotent_replay(
 
 @dataclass(frozen=True)
 class CVMListing:
-    rows: list[repository.ShownCVM]
+    rows: list[ShownCVM]
     total: int
     limit: int
     offset: int
@@ -346,7 +346,7 @@ def _parse_days(raw: str | None) -> datetime | None:
 
 def get_cvm(
     principal: Principal, connection: Connection, *, domain_id: str, cvm_id: str
-) -> repository.ShownCVM:
+) -> ShownCVM:
     """What the view route shows of a live CVM."""
     principal.require(domain_id, Permission.READ)
     cvm = repository.shown_live(connection, domain_id, cvm_id)
