@@ -44,6 +44,7 @@ from prism_backends.config import Settings
 from prism_backends.cvms.models import CVM
 from prism_backends.cvms.repository import SHOWN_COLUMNS
 from prism_backends.db.engine import SQLITE_BUSY_TIMEOUT_MS, sqlite_begin
+from prism_backends.heap import settle_heap
 from prism_backends.pricing.table import estimate_cents
 from prism_backends.runtime import Runtime
 from prism_backends.vocabulary import Platform
@@ -497,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings(data_dir=args.data_dir, database_url=args.database_url)
     app = create_anchor(settings)
+    settle_heap()  # as the service does once it has started
     # As the service's own (cli/main.py): the same server, event loop and HTTP parser.
     uvicorn.run(
         app, host="127.0.0.1", port=args.port, log_level=args.log_level, server_header=False

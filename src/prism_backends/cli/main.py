@@ -45,6 +45,7 @@ from prism_backends.console.signin import SignInCodes
 from prism_backends.datadir import DataDirError, prepare_data_dir, private_directory
 from prism_backends.db import migrate as migrations
 from prism_backends.db.backup import backup as backup_sqlite
+from prism_backends.heap import settle_heap
 from prism_backends.http import access_log
 from prism_backends.http.app import create_app
 from prism_backends.lifecycle.worker import LifecycleWorkers
@@ -184,6 +185,7 @@ class _HttpServer(uvicorn.Server):
         await super().startup(sockets)
         if not self.started:
             return  # the bind failed; uvicorn said why
+        settle_heap()  # the app, its lifespan and the workers are up
         for server in self.servers:
             for bound in server.sockets:
                 host, port = bound.getsockname()[:2]
@@ -370,6 +372,7 @@ def worker(
     _serve_metrics_port(runtime)
     workers.start()
     sampler.start()
+    settle_heap()
     while not stopping.wait(1.0):
         pass
     log.info("stopping lifecycle workers")
@@ -406,6 +409,7 @@ def agents(
         _serve_metrics_port(runtime)
         sampler = Sampler(settings, runtime.sessions)
         sampler.start()
+        settle_heap()  # before the streams: theirs are the objects that come and go
         try:
             asyncio.run(serve_forever(runtime))
         except PortInUse as exc:
