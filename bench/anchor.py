@@ -86,7 +86,6 @@ CREDENTIAL_COLUMNS = (
     "presented_at",
     "expiry_warned_at",
 )
-CREDENTIAL_ID_BACK = {True: " RETURNING agent_credentials.id", False: ""}
 INSERT_CREDENTIAL_SQL = (
     f"INSERT INTO agent_credentials ({', '.join(CREDENTIAL_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in CREDENTIAL_COLUMNS)})"
@@ -458,8 +457,7 @@ def create_anchor(
                     409, "conflict", f"a CVM named {name!r} already exists in this domain"
                 )
             run(INSERT_CVM_SQL, [row[column] for column in ALL_COLUMNS])
-            # The ORM reads the new row's id back where the driver can say it at once.
-            run(INSERT_CREDENTIAL_SQL + CREDENTIAL_ID_BACK[store.postgres], credential)
+            run(INSERT_CREDENTIAL_SQL, credential)
         location = f"{BASE_PATH}/{domain_id}/cvms/{cvm_id}"
         return json_response(render(row, with_evidence=True), 201, {"Location": location})
 

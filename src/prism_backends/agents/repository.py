@@ -18,15 +18,24 @@ from prism_backends.agents.models import AgentCredential, AgentEvent, AgentSessi
 from prism_backends.cvms.models import CVM
 from prism_backends.cvms.repository import is_cvm_id
 from prism_backends.db.base import insert_values
+from prism_backends.db.driver import Prepared
 from prism_backends.db.engine import one_of, upsert_insert
 from prism_backends.vocabulary import Status
 
-_INSERT_CREDENTIAL = insert(AgentCredential)
+_STORE_GENERATED = ("id",)
+_INSERT_CREDENTIAL = Prepared(
+    insert(AgentCredential),
+    columns=[
+        column.key
+        for column in AgentCredential.__table__.columns
+        if column.key not in _STORE_GENERATED
+    ],
+)
 
 
 def insert_credential(connection: Connection, credential: AgentCredential) -> None:
-    """The credential as one Core statement; its id is the store's, and not read back."""
-    connection.execute(_INSERT_CREDENTIAL, insert_values(credential, generated=("id",)))
+    """The credential as one statement; its id is the store's, and not read back."""
+    _INSERT_CREDENTIAL.run(connection, insert_values(credential, generated=_STORE_GENERATED))
 
 
 def revoke(session: Session, domain_id: str, cvm_id: str, now: datetime) -> None:

@@ -7,12 +7,12 @@ The store's triggers (migration 0005) write the rows; nothing else does.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, func, select, text
+from sqlalchemy import Connection, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from prism_backends.cvms.models import CVMTally
+from prism_backends.db.driver import Prepared
 from prism_backends.vocabulary import Platform, Status
 
 # Every (status, platform, live) group a domain can have is about 14 rows;
@@ -32,12 +32,12 @@ def count(
         values["status"] = status.value
     if cc_platform is not None:
         values["cc_platform"] = cc_platform.value
-    statement = _count_statement(by_status, cc_platform is not None)
-    return int(connection.scalar(statement, values) or 0)
+    row = _count_statement(by_status, cc_platform is not None).first(connection, values)
+    return int(row[0]) if row is not None else 0  # PostgreSQL sums a bigint as numeric
 
 
 @functools.cache
-def _count_statement(by_status: bool, by_platform: bool) -> Select[Any]:
+def _count_statement(by_status: bool, by_platform: bool) -> Prepared:
     query = select(func.coalesce(func.sum(CVMTally.change), 0)).where(
         CVMTally.domain_id == bindparam("domain_id"), CVMTally.live == bindparam("live")
     )
@@ -45,7 +45,7 @@ def _count_statement(by_status: bool, by_platform: bool) -> Select[Any]:
         query = query.where(CVMTally.status == bindparam("status"))
     if by_platform:
         query = query.where(CVMTally.cc_platform == bindparam("cc_platform"))
-    return query
+    return Prepared(query)
 
 
 # One statement: rows a concurrent writer commits meanwhile are neither
