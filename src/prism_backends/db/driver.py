@@ -108,6 +108,8 @@ class Prepared:
         return [compiled.row(row) for row in raw]
 
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
+        # Two threads may both compile a statement's first use: the same result,
+        # and the dict keeps one of them.
         found = self._by_dialect.get(dialect.name)
         if found is None:
             found = self._by_dialect[dialect.name] = _compile(
