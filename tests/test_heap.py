@@ -1,45 +1,58 @@
-"""settle_heap: start-up's objects leave the collector's passes; later ones do not."""
+"""settle_heap: start-up's objects leave the collector's passes; later ones do not.
+
+Each check runs in a fresh interpreter: collecting in a test process would
+finalise what earlier tests left behind, and freezing would keep the rest."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
+_CYCLES = """
 import gc
 import weakref
-from collections.abc import Iterator
-
-import pytest
 
 from prism_backends.heap import settle_heap
 
 
-class _Node:
-    def __init__(self) -> None:
-        self.other: _Node | None = None
+class Node:
+    other = None
 
 
-def _cycle() -> weakref.ref[_Node]:
-    first, second = _Node(), _Node()
+def cycle():
+    first, second = Node(), Node()
     first.other, second.other = second, first
     return weakref.ref(first)
+"""
 
 
-@pytest.fixture
-def unfrozen_after() -> Iterator[None]:
-    yield
-    gc.unfreeze()
+def _run(check: str) -> None:
+    script = _CYCLES + textwrap.dedent(check)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.usefixtures("unfrozen_after")
 def test_start_up_garbage_is_collected_and_what_remains_is_frozen() -> None:
-    left_behind = _cycle()
-    settle_heap()
-    assert left_behind() is None  # collected, not frozen with the rest
-    assert gc.get_freeze_count() > 0
-    assert gc.isenabled()
+    _run(
+        """
+        left_behind = cycle()
+        settle_heap()
+        assert left_behind() is None, "start-up garbage was frozen, not collected"
+        assert gc.get_freeze_count() > 0
+        assert gc.isenabled()
+        """
+    )
 
 
-@pytest.mark.usefixtures("unfrozen_after")
 def test_cycles_made_afterwards_are_still_collected() -> None:
-    settle_heap()
-    later = _cycle()
-    gc.collect()
-    assert later() is None
+    _run(
+        """
+        settle_heap()
+        later = cycle()
+        gc.collect()
+        assert later() is None
+        """
+    )

@@ -200,10 +200,10 @@ def _offered_platform(
     raw: str, provider: str, offerings: Mapping[Platform, frozenset[int]]
 ) -> Platform:
     platform = parse_platform(raw)
-    offered = ", ".join(sorted(p.value for p, counts in offerings.items() if counts))
     if platform is None:
         raise BadRequest(f"unknown platform {raw!r}; accepted: sev-snp, tdx", field="cc_platform")
     if not offerings.get(platform):
+        offered = ", ".join(sorted(p.value for p, counts in offerings.items() if counts))
         raise BadRequest(
             f"provider {provider!r} does not offer {platform.value}; it offers: {offered}",
             field="cc_platform",
@@ -215,8 +215,8 @@ def _offered_vcpus(
     raw: str, platform: Platform, provider: str, offerings: Mapping[Platform, frozenset[int]]
 ) -> int:
     allowed = offerings[platform]
-    described = _describe_counts(allowed)
     if not _VCPU.fullmatch(raw) or int(raw) not in allowed:
+        described = _describe_counts(allowed)
         raise BadRequest(
             f"{raw!r} is not offered by {provider!r} for {platform.value}; allowed: {described}",
             field="vcpu",
