@@ -23,6 +23,7 @@ import json
 import queue
 import re
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -166,6 +167,8 @@ class Store:
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self._trace = trace
         self._query_only: dict[int, bool] = {}  # id of a SQLite connection -> its query_only
+        # As the service's SQLite writers do (db/turns.py): they take turns on a lock.
+        self._writer = threading.RLock()
 
     def _connect(self) -> Any:
         if self.postgres:
@@ -190,6 +193,15 @@ class Store:
     @contextmanager
     def transaction(self, *, read_only: bool) -> Iterator[Callable[[str, Sequence[Any]], Any]]:
         """``run(sql, params)`` inside one transaction, committed on success."""
+        if self.postgres or read_only:
+            with self._transaction(read_only=read_only) as run:
+                yield run
+            return
+        with self._writer, self._transaction(read_only=False) as run:
+            yield run
+
+    @contextmanager
+    def _transaction(self, *, read_only: bool) -> Iterator[Callable[[str, Sequence[Any]], Any]]:
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:

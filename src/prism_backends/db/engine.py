@@ -27,9 +27,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 
+from prism_backends.db.turns import take_turns, writer_turn
 from prism_backends.errors import StoreUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_BUSY_TIMEOUT = SQLITE_BUSY_TIMEOUT_MS / 1000  # seconds: a writer's turn waits as long
 
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
         )
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin_immediate)
+        take_turns(engine)
         return engine
     return create_engine(
         url,
@@ -177,7 +180,8 @@ def unit_of_work(factory: sessionmaker[Session], *, read_only: bool = False) -> 
     Store outages surface as ``StoreUnavailable`` (503). ``read_only`` units
     (the GET routes) take no write lock on SQLite, and may not write.
     """
-    with _outages_unavailable():
+    writes_on = None if read_only else factory.kw.get("bind")
+    with _outages_unavailable(), writer_turn(writes_on, timeout=_BUSY_TIMEOUT):
         session = factory()
         try:
             if read_only:
@@ -217,7 +221,12 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     rolled back on error, the write lock up front on SQLite, and
     ``StoreUnavailable`` on an outage.
     """
-    with _outages_unavailable(), engine.connect() as connection, connection.begin():
+    with (
+        _outages_unavailable(),
+        writer_turn(engine, timeout=_BUSY_TIMEOUT),
+        engine.connect() as connection,
+        connection.begin(),
+    ):
         yield connection
 
 
