@@ -11,7 +11,8 @@ call: a third of a view's handler thread (bench/README.md).
 Only the execution is direct. The transaction is still a SQLAlchemy
 ``Connection`` (pool checkout, BEGIN, COMMIT, rollback); the engine's
 ``before_cursor_execute`` and ``after_cursor_execute`` listeners still see every
-statement; and a driver error goes through SQLAlchemy's own handling (wrapped as
+statement (a listener that would rewrite it, ``retval=True``, is not obeyed:
+the service registers none); and a driver error goes through SQLAlchemy's own handling (wrapped as
 ``DBAPIError``, the connection and the pool invalidated on a disconnect), so
 outages are still 503 and a unique violation is still an ``IntegrityError``.
 """
