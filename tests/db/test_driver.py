@@ -164,3 +164,8 @@ def test_statements_it_cannot_bind_as_they_are_are_refused(engine: Engine) -> No
         read_transaction(engine) as connection,
     ):
         expanding.all(connection, {})
+
+
+def test_it_runs_inside_a_begun_transaction_only(engine: Engine) -> None:
+    with engine.connect() as connection, pytest.raises(TypeError, match="begun transaction"):
+        Prepared(_BY_NAME).first(connection, {"name": "a"})

@@ -86,6 +86,10 @@ class Prepared:
         self._run(connection, values, fetch=False)
 
     def _run(self, connection: Connection, values: Mapping[str, Any], *, fetch: bool) -> list[Row]:
+        if not connection.in_transaction():
+            # SQLAlchemy's execution would begin one (on SQLite, the BEGIN that
+            # takes the write lock); the driver's alone would not, or not visibly.
+            raise TypeError("a Prepared statement runs inside a begun transaction")
         compiled = self._compiled_for(connection.dialect)
         sql, parameters = compiled.sql, compiled.parameters(values)
         dispatch = connection.dispatch
