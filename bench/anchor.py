@@ -511,7 +511,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     settle_heap()  # as the service does once it has started
     # As the service's own (cli/main.py): the same server, event loop and HTTP parser.
     uvicorn.run(
-        app, host="127.0.0.1", port=args.port, log_level=args.log_level, server_header=False
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level=args.log_level,
+        server_header=False,
+        http="httptools",
     )
 
 
