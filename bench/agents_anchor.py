@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 from prism_backends.agents.pki import load_or_create_ca, load_or_create_server_credentials
 from prism_backends.agents.proto import cvms_pb2, cvms_pb2_grpc
 from prism_backends.agents.server import server_options
+from prism_backends.heap import settle_heap
 
 SERVER_NAMES = ["127.0.0.1", "localhost"]
 
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between rounds")
     args = parser.parse_args(argv)
+    settle_heap()  # as the service's agents command does before its streams
     asyncio.run(serve(args.data_dir, args.port, args.heartbeat))
     return 0
 
