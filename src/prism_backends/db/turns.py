@@ -2,9 +2,9 @@
 
 SQLite has one writer at a time. A writer that finds the database locked
 sleeps in the driver's busy handler and tries again, each sleep longer than
-the last (up to 100 ms): under 16 concurrent creates the median waited 20 ms
-but the slowest waited 1.4-2.3 s, while the lock sat free between a writer's
-commit and the next one's wake-up (bench/README.md). Writers of this process
+the last (up to 100 ms), while the lock sits free between a writer's commit
+and the next one's wake-up: under 16 concurrent creates a create took 20 ms at
+the median, 1.4 s at p99 and up to 2.3 s (bench/README.md). Writers of this process
 wait on a lock instead, woken as soon as it is free. A writer in another
 process (a backup, a migration) still meets the busy handler, as before.
 
