@@ -58,7 +58,12 @@ class Swarm:
         self._thread.join(30)
 
     def _main(self) -> None:
-        self._loop.run_until_complete(self._all())
+        try:
+            self._loop.run_until_complete(self._all())
+        finally:
+            # An unclosed loop leaves its self-pipe sockets to the collector, whose
+            # ResourceWarning then fails whichever later test it happens to run in.
+            self._loop.close()
 
     async def _all(self) -> None:
         self._stopping = asyncio.Event()
