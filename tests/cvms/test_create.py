@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.event import listen
 
+from prism_backends.runtime import Runtime
 from tests.conftest import TokenFactory, auth
 from tests.cvms.conftest import CreateFn
 from tests.fakes.memory_provider import MemoryProvider
@@ -266,3 +269,25 @@ def test_concurrent_retries_with_one_idempotency_key_all_get_the_one_cvm(
     assert len({cvm_id for _, cvm_id in outcomes}) == 1
     listed = client.get("/backends/dom-1/cvms", headers=auth(token("dom-1"))).json()
     assert listed["total"] == 1
+
+
+def test_a_create_signs_its_certificate_before_its_transaction_and_a_bad_one_opens_none(
+    runtime: Runtime, create: CreateFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a writing transaction holds the store's one write lock: neither
+    the certificate's signing nor a request that fails its checks holds it."""
+    steps: list[str] = []
+    listen(runtime.engine, "begin", lambda _connection: steps.append("begin"))
+    ca = runtime.credentials.ca
+    sign = ca.issue_client
+
+    def signing(*args: Any, **kwargs: Any) -> Any:
+        steps.append("sign")
+        return sign(*args, **kwargs)
+
+    monkeypatch.setattr(ca, "issue_client", signing)
+    assert create("lock-free", body={"name": ""}).status_code == 400
+    assert create("lock-free", headers={"Idempotency-Key": "k" * 256}).status_code == 400
+    assert steps == []
+    assert create("lock-free").status_code == 201
+    assert steps == ["sign", "begin"]

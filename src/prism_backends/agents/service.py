@@ -37,11 +37,17 @@ class CredentialIssuer:
     ) -> AgentCredential:
         """Store a new certificate as one Core insert (a create writes without an
         ORM Session; the certificate routes pass their Session's connection)."""
-        credential = self._new(cvm_id=cvm_id, domain_id=domain_id, now=now)
-        repository.insert_credential(connection, credential)
+        credential = self.new(cvm_id=cvm_id, domain_id=domain_id, now=now)
+        self.record(connection, credential)
         return credential
 
-    def _new(self, *, cvm_id: str, domain_id: str, now: datetime) -> AgentCredential:
+    @staticmethod
+    def record(connection: Connection, credential: AgentCredential) -> None:
+        repository.insert_credential(connection, credential)
+
+    def new(self, *, cvm_id: str, domain_id: str, now: datetime) -> AgentCredential:
+        """Sign a certificate and seal its key, touching no store: a create does
+        this before its transaction, so SQLite's write lock is not held for it."""
         issued = self.ca.issue_client(cvm_id, domain_id, self.validity, now)
         return AgentCredential(
             cvm_id=cvm_id,

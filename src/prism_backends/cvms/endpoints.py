@@ -98,30 +98,30 @@ async def create_cvm(request: Request) -> Response:
     domain_id = path[DOMAIN_ID.name]
     service.check_domain(domain_id, request.query_params.get(DOMAIN_QUERY.name))
 
-    def create_once() -> service.CreateOutcome:
+    def create_once(draft: service.DraftCVM) -> service.CreateOutcome:
         with write_transaction(runtime.engine) as connection:
-            return service.create_cvm(
-                principal,
-                connection,
-                catalog=runtime.catalog,
-                prices=runtime.prices,
-                credentials=runtime.credentials,
-                domain_id=domain_id,
-                provider_name=path[PROVIDER.name],
-                vcpu=path[VCPU.name],
-                cc_platform=path[CC_PLATFORM_PATH.name],
-                content_type=request.headers.get("content-type", ""),
-                body=body,
-                idempotency_key=request.headers.get(IDEMPOTENCY_KEY.name),
-            )
+            return service.record_cvm(connection, draft)
 
     def respond() -> Response:
+        draft = service.draft_cvm(
+            principal,
+            catalog=runtime.catalog,
+            prices=runtime.prices,
+            credentials=runtime.credentials,
+            domain_id=domain_id,
+            provider_name=path[PROVIDER.name],
+            vcpu=path[VCPU.name],
+            cc_platform=path[CC_PLATFORM_PATH.name],
+            content_type=request.headers.get("content-type", ""),
+            body=body,
+            idempotency_key=request.headers.get(IDEMPOTENCY_KEY.name),
+        )
         try:
-            outcome = create_once()
+            outcome = create_once(draft)
         except CreatedConcurrently:
             # A retried request whose first attempt was still in flight: once that one
             # has committed, this one is its replay (or, for a name, a plain conflict).
-            outcome = create_once()
+            outcome = create_once(draft)
         location = f"{runtime.settings.base_path}/{domain_id}/cvms/{outcome.cvm.id}"
         return JSONResponse(
             cvm_document(outcome.cvm, outcome.cvm.attestation),

@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from prism_backends.agents import repository as agents_repository
+from prism_backends.agents.models import AgentCredential
 from prism_backends.agents.service import CredentialIssuer
 from prism_backends.attestation import corim
 from prism_backends.attestation.common import PolicyError
@@ -47,6 +48,12 @@ _VCPU = re.compile(r"[0-9]{1,6}")
 
 
 @dataclass(frozen=True)
+class DraftCVM:
+    cvm: CVM  # every column given, as repository.insert_new writes it
+    credential: AgentCredential  # its agent's certificate, signed, its key sealed
+
+
+@dataclass(frozen=True)
 class CreateOutcome:
     cvm: ShownCVM  # the new CVM, or a replay's, as the view shows it
     created: bool  # False when an Idempotency-Key replay returned an existing CVM
@@ -60,9 +67,8 @@ def check_domain(domain_id: str, query_domain_id: str | None) -> None:
         raise BadRequest("the query parameter differs from the path's domain", field="domainID")
 
 
-def create_cvm(
+def draft_cvm(
     principal: Principal,
-    connection: Connection,
     *,
     catalog: Catalog,
     prices: PriceTable,
@@ -74,8 +80,13 @@ def create_cvm(
     content_type: str,
     body: bytes,
     idempotency_key: str | None,
-) -> CreateOutcome:
+) -> DraftCVM:
+    """Check a create and build its rows, before any transaction: a bad request
+    never opens one, and the certificate is signed outside SQLite's write lock
+    (a replay or a taken name then discards a credential never stored)."""
     principal.require(domain_id, Permission.CREATE)
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise BadRequest("must be 1-255 characters", field="Idempotency-Key")
     request = _parse_create_body(content_type, body)
     entry = _enabled_provider(catalog, provider_name)
     platform = _offered_platform(cc_platform, entry.config.name, entry.provider.offerings)
@@ -84,20 +95,6 @@ def create_cvm(
         raise BadRequest("is only accepted for provider 'external'", field="agent_url")
 
     digest = _request_digest(entry.config.name, platform, vcpus, request)
-    if idempotency_key is not None:
-        replay = _idempotent_replay(connection, domain_id, idempotency_key, digest)
-        if replay is not None:
-            return CreateOutcome(replay, created=False)
-    if repository.live_name_taken(connection, domain_id, request.name):
-        # On PostgreSQL each statement reads what has committed by then: a retry's
-        # first attempt may have committed between the key's lookup and the name's,
-        # so the name's holder may be this very request's CVM. Look once more.
-        if idempotency_key is not None:
-            replay = _idempotent_replay(connection, domain_id, idempotency_key, digest)
-            if replay is not None:
-                return CreateOutcome(replay, created=False)
-        raise Conflict(f"a CVM named {request.name!r} already exists in this domain")
-
     now = utcnow()
     cvm_id = str(uuid.uuid4())
     instant = entry.provider.provisions_instantly
@@ -145,8 +142,30 @@ def create_cvm(
         attempts=0,
         first_failure_at=None,
     )
+    credential = credentials.new(cvm_id=cvm_id, domain_id=domain_id, now=now)
+    return DraftCVM(cvm, credential)
+
+
+def record_cvm(connection: Connection, draft: DraftCVM) -> CreateOutcome:
+    """Write a drafted CVM and its credential, or replay the CVM an earlier
+    request with the same Idempotency-Key made."""
+    cvm = draft.cvm
+    domain_id, key, digest = cvm.domain_id, cvm.idempotency_key, cvm.request_digest
+    if key is not None:
+        replay = _idempotent_replay(connection, domain_id, key, digest)
+        if replay is not None:
+            return CreateOutcome(replay, created=False)
+    if repository.live_name_taken(connection, domain_id, cvm.name):
+        # On PostgreSQL each statement reads what has committed by then: a retry's
+        # first attempt may have committed between the key's lookup and the name's,
+        # so the name's holder may be this very request's CVM. Look once more.
+        if key is not None:
+            replay = _idempotent_replay(connection, domain_id, key, digest)
+            if replay is not None:
+                return CreateOutcome(replay, created=False)
+        raise Conflict(f"a CVM named {cvm.name!r} already exists in this domain")
     repository.insert_new(connection, cvm)
-    credentials.issue(connection, cvm_id=cvm_id, domain_id=domain_id, now=now)
+    CredentialIssuer.record(connection, draft.credential)
     return CreateOutcome(ShownCVM.of(cvm), created=True)
 
 
@@ -243,8 +262,6 @@ def _request_digest(
 def _idempotent_replay(
     connection: Connection, domain_id: str, key: str, digest: str
 ) -> ShownCVM | None:
-    if not 1 <= len(key) <= 255:
-        raise BadRequest("must be 1-255 characters", field="Idempotency-Key")
     existing = repository.shown_by_idempotency_key(connection, domain_id, key)
     if existing is None:
         return None
