@@ -100,7 +100,7 @@ async def create_cvm(request: Request) -> Response:
 
     def create_once(draft: service.DraftCVM) -> service.CreateOutcome:
         with write_transaction(runtime.engine) as connection:
-            return service.record_cvm(connection, draft)
+            return service.record_cvm(principal, connection, draft)
 
     def respond() -> Response:
         draft = service.draft_cvm(

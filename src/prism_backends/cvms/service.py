@@ -146,10 +146,11 @@ def draft_cvm(
     return DraftCVM(cvm, credential)
 
 
-def record_cvm(connection: Connection, draft: DraftCVM) -> CreateOutcome:
+def record_cvm(principal: Principal, connection: Connection, draft: DraftCVM) -> CreateOutcome:
     """Write a drafted CVM and its credential, or replay the CVM an earlier
     request with the same Idempotency-Key made."""
     cvm = draft.cvm
+    principal.require(cvm.domain_id, Permission.CREATE)  # as every service call checks
     domain_id, key, digest = cvm.domain_id, cvm.idempotency_key, cvm.request_digest
     if key is not None:
         replay = _idempotent_replay(connection, domain_id, key, digest)
