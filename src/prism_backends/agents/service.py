@@ -38,12 +38,8 @@ class CredentialIssuer:
         """Store a new certificate as one Core insert (a create writes without an
         ORM Session; the certificate routes pass their Session's connection)."""
         credential = self.new(cvm_id=cvm_id, domain_id=domain_id, now=now)
-        self.record(connection, credential)
-        return credential
-
-    @staticmethod
-    def record(connection: Connection, credential: AgentCredential) -> None:
         repository.insert_credential(connection, credential)
+        return credential
 
     def new(self, *, cvm_id: str, domain_id: str, now: datetime) -> AgentCredential:
         """Sign a certificate and seal its key, touching no store: a create does

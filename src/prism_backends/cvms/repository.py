@@ -156,8 +156,7 @@ def count_matching(connection: Connection, domain_id: str, filters: ListFilters)
             connection, domain_id, status=filters.status, cc_platform=filters.cc_platform
         )
     shape = _Shape.of(filters)
-    row = _count_statement(shape).first(connection, shape.values(domain_id, filters))
-    return int(row[0]) if row is not None else 0
+    return int(_count_statement(shape).scalar(connection, shape.values(domain_id, filters)) or 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,7 +166,7 @@ def record_cvm(principal: Principal, connection: Connection, draft: DraftCVM) ->
                 return CreateOutcome(replay, created=False)
         raise Conflict(f"a CVM named {cvm.name!r} already exists in this domain")
     repository.insert_new(connection, cvm)
-    CredentialIssuer.record(connection, draft.credential)
+    agents_repository.insert_credential(connection, draft.credential)
     return CreateOutcome(ShownCVM.of(cvm), created=True)
 
 

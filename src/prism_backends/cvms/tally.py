@@ -32,8 +32,8 @@ def count(
         values["status"] = status.value
     if cc_platform is not None:
         values["cc_platform"] = cc_platform.value
-    row = _count_statement(by_status, cc_platform is not None).first(connection, values)
-    return int(row[0]) if row is not None else 0  # PostgreSQL sums a bigint as numeric
+    statement = _count_statement(by_status, cc_platform is not None)
+    return int(statement.scalar(connection, values) or 0)  # PostgreSQL sums a bigint as numeric
 
 
 @functools.cache

@@ -12,9 +12,10 @@ Only the execution is direct. The transaction is still a SQLAlchemy
 ``Connection`` (pool checkout, BEGIN, COMMIT, rollback); the engine's
 ``before_cursor_execute`` and ``after_cursor_execute`` listeners still see every
 statement (a listener that would rewrite it, ``retval=True``, is not obeyed:
-the service registers none); and a driver error goes through SQLAlchemy's own handling (wrapped as
-``DBAPIError``, the connection and the pool invalidated on a disconnect), so
-outages are still 503 and a unique violation is still an ``IntegrityError``.
+the service registers none); and a driver error goes through SQLAlchemy's own
+handling (wrapped as ``DBAPIError``, the connection and the pool invalidated on
+a disconnect), so outages are still 503 and a unique violation is still an
+``IntegrityError``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class Prepared:
     def first(self, connection: Connection, values: Mapping[str, Any]) -> Row | None:
         rows = self._run(connection, values, fetch=True)
         return rows[0] if rows else None
+
+    def scalar(self, connection: Connection, values: Mapping[str, Any]) -> Any:
+        """The first column of the first row, or None, as ``Connection.scalar``."""
+        row = self.first(connection, values)
+        return None if row is None else row[0]
 
     def all(self, connection: Connection, values: Mapping[str, Any]) -> list[Row]:
         return self._run(connection, values, fetch=True)
